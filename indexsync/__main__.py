@@ -1,0 +1,5 @@
+"""Allow `python -m indexsync`."""
+
+from indexsync.cli import main
+
+raise SystemExit(main())

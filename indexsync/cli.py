@@ -1,0 +1,212 @@
+"""The `indexsync` command line: resolves configuration once, then hands it down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from indexsync import __version__, db, logs, outbox
+from indexsync.bindings import BindingsFile, load_bindings, resolve
+from indexsync.errors import IndexsyncError
+from indexsync.install import check, install, print_sql, uninstall
+from indexsync.search import Search, make_client
+from indexsync.settings import Settings, load_settings
+from indexsync.status import collect, render_table
+from indexsync.worker import Worker
+
+log = logs.get_logger(__name__)
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def _bindings(settings: Settings) -> BindingsFile:
+    return load_bindings(settings.config)
+
+
+def _search(settings: Settings) -> Search:
+    return Search(make_client(settings))
+
+
+def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
+    """Create schema, triggers and indexes."""
+    spec = _bindings(settings)
+    if args.print_sql:
+        print_sql(settings, spec, sys.stdout.write)
+        return 0
+    search = _search(settings)
+    try:
+        report = install(settings, spec, search, backfill=not args.no_backfill)
+    finally:
+        search.close()
+    if not report.statements and not report.created_indexes:
+        print("indexsync is installed; nothing to change")
+    else:
+        for name in report.created_indexes:
+            print(f"created index {name}")
+        for alias, rows in report.backfilled.items():
+            print(f"queued {rows} existing row(s) of {alias!r} for indexing")
+        print(f"applied {report.statements} DDL statement(s)")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the worker until SIGTERM/SIGINT (or until idle)."""
+    spec = _bindings(settings)
+    conn = db.connect(settings, autocommit=True, role="worker")
+    try:
+        with db.translated():
+            bindings = resolve(conn, spec, settings.config)
+    finally:
+        conn.close()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: Any) -> None:
+        log.info("worker.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    search = _search(settings)
+    try:
+        with Worker(settings, bindings, search, stop) as worker:
+            worker.run(until_idle=args.until_idle)
+    finally:
+        search.close()
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Show backlog, lag, dead letters and rebuilds per index."""
+    spec = _bindings(settings)
+    conn = db.connect(settings, autocommit=True, role="status")
+    try:
+        with db.translated():
+            installed = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
+            if not installed or not installed[0]:
+                raise IndexsyncError("indexsync is not installed in this database: run `indexsync install`")
+            rows = collect(conn, list(spec.indexes))
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"indexes": [row.as_json() for row in rows]}, indent=2))
+    else:
+        print(render_table(rows))
+    return 0
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate configuration, database objects and indexes."""
+    spec = _bindings(settings)
+    search = _search(settings)
+    try:
+        result = check(settings, spec, search)
+    finally:
+        search.close()
+    for line in result.checked:
+        print(f"ok      {line}")
+    for line in result.problems:
+        print(f"FAILED  {line}")
+    return 0 if result.ok else 1
+
+
+def cmd_uninstall(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove triggers and the indexsync schema."""
+    dropped = uninstall(settings)
+    print(f"removed {len(dropped)} trigger(s) and the indexsync schema; indexes were left alone")
+    return 0
+
+
+def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
+    """List dead letters, or move them back into the outbox."""
+    conn = db.connect(settings, autocommit=True, role="deadletters")
+    try:
+        with db.translated():
+            if args.action == "retry":
+                with conn.transaction():
+                    n = outbox.retry_dead_letters(conn, args.index, args.id or None)
+                print(f"re-queued {n} document(s); a running worker picks them up")
+                return 0
+            rows = conn.execute(
+                outbox.LIST_DEAD_LETTERS, {"index": args.index, "limit": args.limit}
+            ).fetchall()
+    finally:
+        conn.close()
+    if args.json:
+        keys = ("id", "index", "doc_id", "seq", "status", "error_type", "reason", "failed_at")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], default=str, indent=2))
+    else:
+        for id_, index, doc_id, seq, status, error_type, reason, failed_at in rows:
+            print(f"{id_}\t{index}\t{doc_id}\tseq={seq}\t{status} {error_type}: {reason}\t{failed_at:%Y-%m-%d %H:%M:%S}")
+        if not rows:
+            print("no dead letters")
+    return 0
+
+
+EPILOG = "Settings come from INDEXSYNC_* environment variables (and .env); see the README."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="indexsync",
+        description="Keep Elasticsearch indexes equal to PostgreSQL tables.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"indexsync {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log at debug level and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help_: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {example}\n\n{EPILOG}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("install", cmd_install, "Create the indexsync schema, the triggers and the indexes (idempotent).", "indexsync install")
+    p.add_argument("--print-sql", action="store_true", help="print the DDL instead of applying it")
+    p.add_argument("--no-backfill", action="store_true", help="do not queue existing rows of new indexes")
+    p = add("run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle")
+    p.add_argument("--until-idle", action="store_true", help="drain the backlog, then exit")
+    p = add("status", cmd_status, "Show backlog, lag, dead letters and rebuilds per index.", "indexsync status --json")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add("check", cmd_check, "Validate configuration, database objects and indexes; change nothing.", "indexsync check")
+    add("uninstall", cmd_uninstall, "Remove the triggers and the indexsync schema; keep the indexes.", "indexsync uninstall")
+    p = add("deadletters", cmd_deadletters, "List documents Elasticsearch refused, or retry them.", "indexsync deadletters retry --index posts")
+    p.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
+    p.add_argument("--index", help="only this index")
+    p.add_argument("--id", type=int, action="append", help="only this dead letter id (repeatable)")
+    p.add_argument("--limit", type=int, default=100, help="rows to list (default 100)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `indexsync` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        try:
+            settings = load_settings()
+        except IndexsyncError:
+            logs.configure(None, "info")
+            raise
+        logs.configure(settings.log_format, "debug" if args.debug else settings.log_level)
+        return int(args.func(settings, args))
+    except IndexsyncError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"indexsync: error: {logs.redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,51 @@
+"""The exception hierarchy: one root, and the exit code each kind maps to."""
+
+from __future__ import annotations
+
+
+class IndexsyncError(Exception):
+    """Root of every error indexsync raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(IndexsyncError):
+    """Settings, bindings or mappings are wrong; the user must fix them."""
+
+    exit_code = 2
+
+
+class DatabaseError(IndexsyncError):
+    """PostgreSQL failed or could not be reached."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL could not be reached; worth retrying later."""
+
+
+class SearchError(IndexsyncError):
+    """Elasticsearch refused a request."""
+
+    exit_code = 2
+
+
+class SearchUnavailable(SearchError):
+    """Elasticsearch could not be reached or is overloaded; worth retrying later."""
+
+
+class IndexMissing(ConfigError):
+    """An index or alias that a binding needs does not exist."""
+
+
+class SequenceRegression(IndexsyncError):
+    """The index holds versions newer than the database's change sequence."""
+
+    exit_code = 2
+
+
+class DriftFound(IndexsyncError):
+    """The index differs from what the database produces."""
+
+    exit_code = 1

@@ -1,0 +1,283 @@
+"""Install, check and uninstall: the indexsync schema, the capture triggers and the indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from indexsync import db, outbox
+from indexsync.bindings import Binding, BindingsFile, load_mapping, resolve
+from indexsync.errors import ConfigError, IndexsyncError, SearchError
+from indexsync.logs import get_logger
+from indexsync.search import Search
+from indexsync.settings import Settings
+
+log = get_logger(__name__)
+
+_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '30s'"
+_MAX_GENERATIONS = 1000
+
+
+def physical_name(alias: str, generation: int) -> str:
+    """The physical index of an alias's n-th generation."""
+    return f"{alias}-{generation}"
+
+
+def index_body(mapping: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The creation body: the user's mapping plus the tombstone lifetime versioning relies on."""
+    body = {key: value for key, value in mapping.items()}
+    index_settings = dict(body.get("settings") or {})
+    nested = index_settings.get("index")
+    user_set = "index.gc_deletes" in index_settings or "gc_deletes" in index_settings or (
+        isinstance(nested, dict) and "gc_deletes" in nested
+    )
+    if not user_set:
+        index_settings["index.gc_deletes"] = f"{settings.gc_deletes}s"
+    body["settings"] = index_settings
+    return body
+
+
+def create_generation(
+    search: Search, alias: str, body: dict[str, Any], *, attach_alias: bool, start: int = 1
+) -> str:
+    """Create the next free `<alias>-<n>` index; returns its name."""
+    for generation in range(start, start + _MAX_GENERATIONS):
+        name = physical_name(alias, generation)
+        if search.exists(name):
+            continue
+        search.create_index(name, body, alias if attach_alias else None)
+        return name
+    raise ConfigError(f"index {alias!r}: no free physical index name after {_MAX_GENERATIONS} tries")
+
+
+@dataclass
+class InstallReport:
+    """What install did."""
+
+    created_indexes: list[str] = field(default_factory=list)
+    statements: int = 0
+    backfilled: dict[str, int] = field(default_factory=dict)
+    dropped_triggers: list[str] = field(default_factory=list)
+
+
+def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any]]:
+    return {alias: load_mapping(settings.mappings_dir, alias) for alias in spec.indexes}
+
+
+def _desired_ddl(
+    conn: psycopg.Connection[Any], bindings: dict[str, Binding], notify: bool
+) -> list[outbox.TriggerDDL]:
+    return [outbox.trigger_ddl(conn, binding, notify) for binding in bindings.values()]
+
+
+def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], None]) -> None:
+    """Write the DDL install would apply, for teams that run migrations themselves."""
+    conn = db.connect(settings, autocommit=True, role="install")
+    try:
+        with db.translated(), conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            bindings = resolve(conn, spec, settings.config)
+            ddl = _desired_ddl(conn, bindings, settings.notify)
+            write("BEGIN;\n")
+            write(outbox.schema_sql())
+            write(
+                sql.SQL(outbox.SET_META.replace("%s", "{}"))
+                .format(sql.Literal("notify"), sql.Literal(str(settings.notify).lower()))
+                .as_string(conn)
+                + ";\n"
+            )
+            for item in ddl:
+                write(f"\n-- index {item.alias}\n")
+                for statement in item.statements:
+                    write(statement.as_string(conn) + ";\n")
+            write("COMMIT;\n")
+    finally:
+        conn.close()
+
+
+def install(settings: Settings, spec: BindingsFile, search: Search, *, backfill: bool = True) -> InstallReport:
+    """Create what is missing, converge what differs; a second run changes nothing."""
+    mappings = _mappings(settings, spec)
+    search.ping()
+    report = InstallReport()
+    conn = db.connect(settings, autocommit=True, role="install")
+    try:
+        try:
+            with db.translated(), conn.transaction():
+                conn.execute(_LOCK_TIMEOUT)
+                conn.execute(outbox.schema_sql())
+                bindings = resolve(conn, spec, settings.config)
+                new_aliases = _ensure_indexes(settings, search, bindings, mappings, report)
+                _converge_triggers(conn, bindings, settings.notify, report)
+                conn.execute(outbox.SET_META, ("notify", str(settings.notify).lower()))
+                if backfill:
+                    for alias in new_aliases:
+                        cur = conn.execute(outbox.backfill(bindings[alias]))
+                        report.backfilled[alias] = cur.rowcount
+        except BaseException:
+            # Nothing half-applied: the transaction rolled back, so drop the indexes we made.
+            for name in report.created_indexes:
+                try:
+                    search.delete_index(name)
+                except IndexsyncError:
+                    log.warning("install.cleanup_failed", index=name)
+            report.created_indexes.clear()
+            raise
+    finally:
+        conn.close()
+    log.info(
+        "install.done",
+        created_indexes=report.created_indexes,
+        statements=report.statements,
+        backfilled=report.backfilled,
+        dropped_triggers=report.dropped_triggers,
+    )
+    return report
+
+
+def _ensure_indexes(
+    settings: Settings,
+    search: Search,
+    bindings: dict[str, Binding],
+    mappings: dict[str, dict[str, Any]],
+    report: InstallReport,
+) -> list[str]:
+    created = []
+    for alias in bindings:
+        if search.alias_targets(alias):
+            continue
+        if search.exists(alias):
+            raise ConfigError(
+                f"{settings.config}: [indexes.{alias}]: {alias!r} is an existing physical index, "
+                "not an alias; indexsync serves each index through an alias of that name. "
+                "Rename the binding, or reindex that index into a new one and delete it."
+            )
+        body = index_body(mappings[alias], settings)
+        try:
+            name = create_generation(search, alias, body, attach_alias=True)
+        except SearchError as exc:
+            path = settings.mappings_dir / f"{alias}.json"
+            raise ConfigError(f"{path}: Elasticsearch refused index {alias!r}: {exc}") from exc
+        report.created_indexes.append(name)
+        created.append(alias)
+        log.info("install.index_created", alias=alias, index=name)
+    return created
+
+
+def _converge_triggers(
+    conn: psycopg.Connection[Any], bindings: dict[str, Binding], notify: bool, report: InstallReport
+) -> None:
+    functions = outbox.installed_functions(conn)
+    triggers = outbox.installed_triggers(conn)
+    wanted: set[tuple[str, str, str]] = set()
+    for item in _desired_ddl(conn, bindings, notify):
+        binding = bindings[item.alias]
+        names = outbox.trigger_names(item.alias)
+        wanted.update((name, binding.schema, binding.table) for name in names)
+        present = {(t.name, t.schema, t.table) for t in triggers if t.function == item.function}
+        create_function, *create_triggers = item.statements
+        if functions.get(item.function) != item.body:
+            conn.execute(create_function)
+            report.statements += 1
+        for name, statement in zip(names, create_triggers, strict=True):
+            if (name, binding.schema, binding.table) not in present:
+                conn.execute(statement)
+                report.statements += 1
+    for trigger in triggers:
+        if (trigger.name, trigger.schema, trigger.table) not in wanted:
+            conn.execute(outbox.drop_trigger(trigger))
+            report.dropped_triggers.append(f"{trigger.schema}.{trigger.table}.{trigger.name}")
+            report.statements += 1
+    wanted_functions = {outbox.function_name(alias) for alias in bindings}
+    for name in functions:
+        if name.startswith("capture_") and name not in wanted_functions:
+            conn.execute(outbox.drop_function(name))
+            report.statements += 1
+
+
+def uninstall(settings: Settings) -> list[str]:
+    """Remove the capture triggers and the indexsync schema; the indexes stay."""
+    conn = db.connect(settings, autocommit=True, role="install")
+    try:
+        with db.translated(), conn.transaction():
+            conn.execute(_LOCK_TIMEOUT)
+            exists = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
+            if not exists or not exists[0]:
+                return []
+            dropped = []
+            for trigger in outbox.installed_triggers(conn):
+                conn.execute(outbox.drop_trigger(trigger))
+                dropped.append(f"{trigger.schema}.{trigger.table}.{trigger.name}")
+            conn.execute(outbox.DROP_SCHEMA)
+    finally:
+        conn.close()
+    log.info("uninstall.done", dropped_triggers=dropped)
+    return dropped
+
+
+@dataclass
+class CheckResult:
+    """The outcome of `check`: problems found, and what was looked at."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
+
+
+def check(settings: Settings, spec: BindingsFile, search: Search) -> CheckResult:
+    """Validate configuration, database objects and indexes without changing anything."""
+    result = CheckResult()
+    _mappings(settings, spec)  # raises on a mapping file that is not valid JSON
+    result.checked.append(f"bindings file {settings.config}: {len(spec.indexes)} index(es)")
+    conn = db.connect(settings, autocommit=True, role="check")
+    try:
+        with db.translated(), conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            bindings = resolve(conn, spec, settings.config)
+            result.checked.append("tables, keys, columns and conditions exist in PostgreSQL")
+            row = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
+            if not row or not row[0]:
+                result.problems.append("schema 'indexsync' is missing: run `indexsync install`")
+            else:
+                _check_triggers(conn, bindings, result)
+    finally:
+        conn.close()
+    search.ping()
+    result.checked.append("Elasticsearch answers")
+    for alias in bindings:
+        targets = search.alias_targets(alias)
+        if not targets:
+            result.problems.append(f"index alias {alias!r} is missing: run `indexsync install`")
+        elif len(targets) > 1:
+            result.problems.append(f"alias {alias!r} points at several indexes: {targets}")
+        else:
+            result.checked.append(f"alias {alias!r} -> {targets[0]}")
+    return result
+
+
+def _check_triggers(conn: psycopg.Connection[Any], bindings: dict[str, Binding], result: CheckResult) -> None:
+    meta = conn.execute(outbox.GET_META, ("notify",)).fetchone()
+    notify = meta is not None and meta[0] == "true"
+    functions = outbox.installed_functions(conn)
+    triggers = {(t.name, t.schema, t.table) for t in outbox.installed_triggers(conn)}
+    for item in _desired_ddl(conn, bindings, notify):
+        binding = bindings[item.alias]
+        if functions.get(item.function) != item.body:
+            result.problems.append(
+                f"index {item.alias!r}: capture function is missing or outdated: run `indexsync install`"
+            )
+        for name in outbox.trigger_names(item.alias):
+            if (name, binding.schema, binding.table) not in triggers:
+                result.problems.append(
+                    f"index {item.alias!r}: trigger {name} on {binding.display} is missing: "
+                    "run `indexsync install`"
+                )
+    result.checked.append("capture triggers installed")

@@ -1,0 +1,154 @@
+"""Settings from environment variables (and `.env`), resolved once at the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from indexsync.errors import ConfigError
+
+PREFIX = "INDEXSYNC_"
+
+
+class Settings(BaseSettings):
+    """Everything indexsync reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("INDEXSYNC_DATABASE_URL", "DATABASE_URL"),
+        description="libpq URI or conninfo of the source database; libpq options such as "
+        "`sslmode` pass through.",
+    )
+    elasticsearch_url: Annotated[list[str], NoDecode] = Field(
+        default=["http://localhost:9200"],
+        validation_alias=AliasChoices("INDEXSYNC_ELASTICSEARCH_URL", "ELASTICSEARCH_URL"),
+        description="One or more Elasticsearch node URLs, comma-separated.",
+    )
+    elasticsearch_api_key: SecretStr | None = Field(
+        default=None, description="API key (the encoded form); wins over username/password."
+    )
+    elasticsearch_username: str | None = Field(default=None, description="Basic-auth user.")
+    elasticsearch_password: SecretStr | None = Field(
+        default=None, description="Basic-auth password."
+    )
+    elasticsearch_ca_certs: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the cluster's certificate."
+    )
+    elasticsearch_verify_certs: bool = Field(
+        default=True, description="Verify TLS certificates (keep on outside a laboratory)."
+    )
+    elasticsearch_request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds before one request to Elasticsearch gives up."
+    )
+    config: Path = Field(default=Path("indexsync.toml"), description="The bindings file.")
+    mappings_dir: Path = Field(
+        default=Path("mappings"), description="Folder of `<alias>.json` index bodies."
+    )
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="`json` or `console`; default console on a TTY, else json."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+    batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Outbox rows claimed per batch."
+    )
+    poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between outbox polls when no NOTIFY arrives (the backstop).",
+    )
+    notify: bool = Field(
+        default=True,
+        description="Triggers send NOTIFY on commit (read by `install`). Off saves a "
+        "cluster-wide commit lock; the worker then relies on polling.",
+    )
+    bulk_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Bulk requests in flight at once."
+    )
+    bulk_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest body of one bulk request."
+    )
+    max_read_age: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds after which a batch's documents are re-read rather than sent.",
+    )
+    gc_deletes: int = Field(
+        default=3600,
+        ge=60,
+        description="Seconds Elasticsearch keeps delete tombstones (`index.gc_deletes` of the "
+        "indexes indexsync creates); must exceed twice `max_read_age`.",
+    )
+    retry_max_delay: float = Field(
+        default=30.0, gt=0, description="Longest pause between retries of a failing server."
+    )
+    connect_timeout: int = Field(
+        default=10, ge=1, description="Seconds to wait when connecting to PostgreSQL."
+    )
+
+    @field_validator("elasticsearch_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            urls = [part.strip() for part in value.split(",") if part.strip()]
+            if not urls:
+                raise ValueError("no URL given")
+            return urls
+        return value
+
+    @field_validator("elasticsearch_url")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("each URL must start with http:// or https://")
+        return value
+
+    def require_database_url(self) -> str:
+        """The database URL, or a ConfigError saying which variable to set."""
+        if self.database_url is None:
+            raise ConfigError(
+                "no database configured: set INDEXSYNC_DATABASE_URL (or DATABASE_URL)"
+            )
+        return self.database_url.get_secret_value()
+
+    def check_consistency(self) -> None:
+        """Refuse combinations that would break the correctness model."""
+        if self.max_read_age * 2 > self.gc_deletes:
+            raise ConfigError(
+                "INDEXSYNC_MAX_READ_AGE must be at most half of INDEXSYNC_GC_DELETES, so that "
+                "delete tombstones outlive every read that could be sent"
+            )
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field."""
+    return PREFIX + field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, turning validation errors into ConfigError."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            name = field if field.isupper() else env_name(field)
+            # The input is left out on purpose: it may be a password or a URL with one.
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    settings.check_consistency()
+    return settings
