@@ -138,7 +138,9 @@ class Faults:
     latency_s: float = 0.0
     bulk_item_429_rate: float = 0.0
     max_body_bytes: int | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
     _rng: random.Random = field(init=False, repr=False, compare=False)
     _fail_remaining: int = field(default=0, init=False)
     _fail_status: int = field(default=503, init=False)
@@ -289,7 +291,12 @@ class _BulkPlan:
         return all(self.rejected)
 
     def forwarded_body(self) -> bytes:
-        kept = [line for item, rej in zip(self.items, self.rejected) if not rej for line in item.lines]
+        kept = [
+            line
+            for item, rej in zip(self.items, self.rejected, strict=True)
+            if not rej
+            for line in item.lines
+        ]
         return b"\n".join(kept) + b"\n"
 
     def merge(self, upstream: _Response | None) -> _Response:
@@ -316,7 +323,7 @@ class _BulkPlan:
             return _error_response(502, "upstream bulk response has an unexpected item count")
         source = iter(upstream_items)
         merged: list[Any] = []
-        for item, rej in zip(self.items, self.rejected):
+        for item, rej in zip(self.items, self.rejected, strict=True):
             if rej:
                 merged.append(
                     {
@@ -521,7 +528,9 @@ class _UpstreamConn:
 class CompatProxy:
     """HTTP proxy making osmem-server look like Elasticsearch 9, with fault injection."""
 
-    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0) -> None:
+    def __init__(
+        self, upstream: str, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0
+    ) -> None:
         """Configure the proxy; nothing listens until ``start``."""
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname is None:
@@ -556,7 +565,9 @@ class CompatProxy:
         """Start listening on a background thread; return once the port is bound."""
         if self._thread is not None:
             return self
-        self._thread = threading.Thread(target=self._run, name=f"esproxy-{self._up_port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"esproxy-{self._up_port}", daemon=True
+        )
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
@@ -645,7 +656,9 @@ class CompatProxy:
             _abort_with_rst(writer)
             task.cancel()
 
-    async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._clients[task] = writer
@@ -664,7 +677,9 @@ class CompatProxy:
             abort = True
         except _BadRequest as exc:
             with contextlib.suppress(ConnectionError):
-                await self._send(writer, _error_response(400, str(exc)), keep_alive=False, head=False)
+                await self._send(
+                    writer, _error_response(400, str(exc)), keep_alive=False, head=False
+                )
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             # The client went away or sent an oversized head; nothing useful to say.
             pass
@@ -742,7 +757,9 @@ class CompatProxy:
         await self._send(writer, resp, keep_alive, is_head)
         return keep_alive
 
-    async def _read_body(self, reader: asyncio.StreamReader, req: _Request, limit: int | None) -> bool:
+    async def _read_body(
+        self, reader: asyncio.StreamReader, req: _Request, limit: int | None
+    ) -> bool:
         """Read the request body into ``req``; return True if it exceeded ``limit``."""
         if _is_chunked(req.header("transfer-encoding")):
             req.body, total = await _read_chunked(reader, limit)
@@ -779,7 +796,9 @@ class CompatProxy:
             if not conn.reader.at_eof() and not conn.writer.is_closing():
                 return conn, True
             conn.writer.close()
-        reader, writer = await asyncio.open_connection(self._up_host, self._up_port, limit=_STREAM_LIMIT)
+        reader, writer = await asyncio.open_connection(
+            self._up_host, self._up_port, limit=_STREAM_LIMIT
+        )
         return _UpstreamConn(reader, writer), False
 
     async def _forward(self, req: _Request, body: bytes) -> _Response:
@@ -831,7 +850,9 @@ class CompatProxy:
         log.warning("proxy.upstream_error", method=req.method, path=req.path, error=repr(exc))
         return _error_response(502, f"upstream unavailable: {exc!r}")
 
-    async def _send(self, writer: asyncio.StreamWriter, resp: _Response, keep_alive: bool, head: bool) -> None:
+    async def _send(
+        self, writer: asyncio.StreamWriter, resp: _Response, keep_alive: bool, head: bool
+    ) -> None:
         """Write a response with a correct Content-Length and keep-alive semantics."""
         lines = [f"HTTP/1.1 {resp.status} {resp.reason or _REASONS.get(resp.status, '')}"]
         has_product = False

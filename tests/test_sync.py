@@ -1,0 +1,303 @@
+"""Live sync: every kind of change reaches the index with the right content."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.conftest import Env, wait_for
+
+POSTS = """
+CREATE TABLE posts (
+    id bigint PRIMARY KEY,
+    title text NOT NULL,
+    body text,
+    views integer NOT NULL DEFAULT 0,
+    tags text[],
+    meta jsonb,
+    published_at timestamptz DEFAULT '2026-01-02 03:04:05+00',
+    deleted_at timestamptz
+);
+"""
+
+EXPECTED_POSTS = "SELECT id, to_jsonb(p) FROM posts p WHERE deleted_at IS NULL"
+
+
+@pytest.fixture
+def posts(env: Env) -> Env:
+    """A posts table bound to the `posts` index with a `where` filter, installed."""
+    env.sql(POSTS)
+    env.bindings(
+        f"""
+        [indexes.{env.alias("posts")}]
+        table = "public.posts"
+        where = "deleted_at IS NULL"
+        """
+    )
+    env.install()
+    return env
+
+
+def test_insert_update_delete_reach_the_index(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title, tags, meta) VALUES (1, 'one', '{a,b}', '{\"k\": 1}'), (2, 'two', NULL, NULL)")
+    posts.sync()
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    assert posts.docs("posts")["1"]["tags"] == ["a", "b"]
+
+    posts.sql("UPDATE posts SET title = 'uno', views = 7 WHERE id = 1")
+    posts.sql("DELETE FROM posts WHERE id = 2")
+    posts.sync()
+    docs = posts.docs("posts")
+    assert docs == posts.expected(EXPECTED_POSTS)
+    assert docs["1"]["title"] == "uno" and "2" not in docs
+
+
+def test_the_document_is_postgres_own_json(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title, body) VALUES (1, 'quote \" and é and \\ and \n', repeat('x', 20000))")
+    posts.sync()
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    assert posts.docs("posts")["1"]["published_at"] == "2026-01-02T03:04:05+00:00"
+
+
+def test_an_update_moves_a_row_out_of_where_and_back_in(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'one'), (2, 'two')")
+    posts.sync()
+    posts.sql("UPDATE posts SET deleted_at = now() WHERE id = 1")
+    posts.sync()
+    assert set(posts.docs("posts")) == {"2"}
+    posts.sql("UPDATE posts SET deleted_at = NULL, title = 'back' WHERE id = 1")
+    posts.sync()
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    assert posts.docs("posts")["1"]["title"] == "back"
+
+
+def test_a_key_change_removes_the_old_id_and_writes_the_new_one(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'one')")
+    posts.sync()
+    posts.sql("UPDATE posts SET id = 10 WHERE id = 1")
+    posts.sync()
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    assert set(posts.docs("posts")) == {"10"}
+
+
+def test_many_updates_of_one_row_in_one_transaction_end_in_the_last_state(posts: Env) -> None:
+    statements = ["BEGIN", "INSERT INTO posts (id, title) VALUES (1, 'v0')"]
+    statements += [f"UPDATE posts SET title = 'v{i}', views = {i} WHERE id = 1" for i in range(1, 200)]
+    statements.append("COMMIT")
+    posts.sql(";".join(statements))
+    totals = posts.sync()
+    assert totals.changes == 200
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    assert posts.docs("posts")["1"]["title"] == "v199"
+    # The document carries the newest seq claimed for it, so any older write is refused.
+    (last_seq,) = posts.sql("SELECT last_value FROM indexsync.change_seq")[0]
+    assert posts.versions("posts") == {"1": last_seq}
+
+
+def test_a_multi_row_statement_syncs_every_row(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) SELECT g, 'post ' || g FROM generate_series(1, 2500) g")
+    posts.sync(batch_size=300)
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    posts.sql("UPDATE posts SET views = id * 2 WHERE id % 2 = 0")
+    posts.sql("DELETE FROM posts WHERE id % 5 = 0")
+    posts.sync(batch_size=300)
+    docs = posts.docs("posts")
+    assert len(docs) == 2000
+    assert docs == posts.expected(EXPECTED_POSTS)
+
+
+def test_truncate_empties_the_index_but_keeps_later_rows(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) SELECT g, 't' FROM generate_series(1, 50) g")
+    posts.sync()
+    assert len(posts.docs("posts")) == 50
+    posts.sql("TRUNCATE posts; INSERT INTO posts (id, title) VALUES (7, 'after')")
+    posts.sync()
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+    assert set(posts.docs("posts")) == {"7"}
+
+
+def test_a_rolled_back_transaction_leaves_no_trace(posts: Env) -> None:
+    posts.sql("BEGIN; INSERT INTO posts (id, title) VALUES (1, 'ghost'); ROLLBACK")
+    assert posts.sql("SELECT count(*) FROM indexsync.outbox") == [(0,)]
+    posts.sync()
+    assert posts.docs("posts") == {}
+
+
+def test_changes_made_while_no_worker_runs_are_synced_when_one_starts(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) SELECT g, 'offline' FROM generate_series(1, 300) g")
+    posts.sql("UPDATE posts SET deleted_at = now() WHERE id <= 10")
+    worker = posts.spawn("run")
+    try:
+        wait_for(lambda: posts.docs("posts") == posts.expected(EXPECTED_POSTS), timeout=30)
+        # And live changes keep flowing while it runs (NOTIFY wakes it).
+        posts.sql("INSERT INTO posts (id, title) VALUES (1000, 'live')")
+        wait_for(lambda: "1000" in posts.docs("posts"), timeout=15)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert "worker.signal" in events and events[-1] == "worker.stopped"
+
+
+def test_sigterm_during_a_backlog_finishes_the_batch_and_loses_nothing(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) SELECT g, 'x' FROM generate_series(1, 20000) g")
+    worker = posts.spawn("run", INDEXSYNC_BATCH_SIZE="200")
+    wait_for(lambda: posts.sql("SELECT count(*) < 20000 FROM indexsync.outbox")[0][0], timeout=30, interval=0.02)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    (left,) = posts.sql("SELECT count(*) FROM indexsync.outbox")[0]
+    # Every claimed change either landed or went back to the outbox.
+    assert len(posts.docs("posts")) + left >= 20000
+    posts.sync()
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+
+
+def test_without_notify_the_worker_polls(env: Env) -> None:
+    env.overrides["notify"] = "false"
+    env.sql(POSTS)
+    env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\n')
+    env.install()
+    assert "pg_notify" not in env.cli("install", "--print-sql").stdout
+    worker = env.spawn("run")
+    try:
+        env.sql("INSERT INTO posts (id, title) VALUES (1, 'polled')")
+        wait_for(lambda: "1" in env.docs("posts"), timeout=15)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+    assert worker.returncode == 0
+
+
+def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
+    from indexsync.documents import Op
+    from indexsync.search import Outcome, Search
+
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'old')")
+    posts.sync()
+    old_version = posts.versions("posts")["1"]
+    posts.sql("UPDATE posts SET title = 'new' WHERE id = 1")
+    posts.sync()
+    # A worker that read the row before the update wakes up late and sends what it read.
+    late = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, '{"id": 1, "title": "old"}', True)
+    late_delete = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, None)
+    results = Search(posts.es).bulk(late.encode() + late_delete.encode())
+    assert [r.outcome for r in results] == [Outcome.DONE, Outcome.DONE]
+    assert [r.status for r in results] == [409, 409]
+    assert posts.docs("posts")["1"]["title"] == "new"
+
+
+def test_a_deleted_document_is_not_resurrected_by_a_late_write(posts: Env) -> None:
+    from indexsync.documents import Op
+    from indexsync.search import Search
+
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'doomed')")
+    posts.sync()
+    old_version = posts.versions("posts")["1"]
+    posts.sql("DELETE FROM posts WHERE id = 1")
+    posts.sync()
+    late = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, '{"id": 1}', True)
+    (result,) = Search(posts.es).bulk(late.encode())
+    assert result.status == 409
+    assert posts.docs("posts") == {}
+
+
+@pytest.mark.parametrize(
+    ("key_type", "values"),
+    [
+        ("integer", ["1", "2", "-3"]),
+        ("bigint", ["9007199254740993", "2"]),
+        ("uuid", ["2b6f0cc9-04c4-4bd4-9d6b-1f0f3f9b1e01", "00000000-0000-0000-0000-000000000000"]),
+        ("text", ["plain", "with space", "quote\"s", "slash/and?query", "日本語"]),
+    ],
+)
+def test_primary_keys_of_common_types_become_the_id(env: Env, key_type: str, values: list[str]) -> None:
+    env.sql(f"CREATE TABLE things (k {key_type} PRIMARY KEY, label text)")
+    env.bindings(f'[indexes.{env.alias("things")}]\ntable = "things"\n')
+    env.install()
+    for value in values:
+        env.sql("INSERT INTO things VALUES (%s, 'x')", (value,))
+    env.sync()
+    assert set(env.docs("things")) == set(values)
+    env.sql("DELETE FROM things WHERE k = %s", (values[0],))
+    env.sync()
+    assert set(env.docs("things")) == set(values[1:])
+
+
+def test_a_column_list_cuts_the_document(env: Env) -> None:
+    env.sql(POSTS)
+    env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\ncolumns = ["id", "title"]\n')
+    env.install()
+    env.sql("INSERT INTO posts (id, title, body) VALUES (1, 't', 'secret body')")
+    env.sync()
+    assert env.docs("posts") == {"1": {"id": 1, "title": "t"}}
+
+
+def test_existing_rows_are_backfilled_at_install(env: Env) -> None:
+    env.sql(POSTS)
+    env.sql("INSERT INTO posts (id, title) SELECT g, 'before install' FROM generate_series(1, 100) g")
+    env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\n')
+    result = env.install()
+    assert "queued 100 existing row(s)" in result.stdout
+    env.sync()
+    assert len(env.docs("posts")) == 100
+
+
+def test_install_twice_changes_nothing_the_second_time(posts: Env) -> None:
+    before = posts.sql("SELECT p.proname, md5(p.prosrc), p.xmin::text FROM pg_proc p WHERE pronamespace = 'indexsync'::regnamespace ORDER BY 1")
+    triggers = posts.sql("SELECT tgname, xmin::text FROM pg_trigger WHERE tgname LIKE 'indexsync%' ORDER BY 1")
+    second = posts.install()
+    assert "nothing to change" in second.stdout
+    assert posts.sql("SELECT p.proname, md5(p.prosrc), p.xmin::text FROM pg_proc p WHERE pronamespace = 'indexsync'::regnamespace ORDER BY 1") == before
+    assert posts.sql("SELECT tgname, xmin::text FROM pg_trigger WHERE tgname LIKE 'indexsync%' ORDER BY 1") == triggers
+    assert posts.es.indices.get_alias(name=posts.alias("posts")).body.keys() == {posts.alias("posts") + "-1"}
+
+
+def test_print_sql_is_the_ddl_that_install_applies(env: Env) -> None:
+    env.sql(POSTS)
+    env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\n')
+    ddl = env.cli("install", "--print-sql")
+    assert ddl.returncode == 0, ddl.stderr
+    assert env.sql("SELECT to_regnamespace('indexsync')") == [(None,)], "print-sql must not change anything"
+    env.sql(ddl.stdout)
+    env.sql("INSERT INTO posts (id, title) VALUES (1, 'x')")
+    assert env.sql("SELECT index_name, doc_id FROM indexsync.outbox") == [(env.alias("posts"), "1")]
+    # The indexes are still missing, so check reports that and only that.
+    check = env.cli("check")
+    assert check.returncode == 1
+    assert "capture" not in check.stdout.split("FAILED", 1)[1] and "is missing" in check.stdout
+
+
+def test_check_passes_after_install(posts: Env) -> None:
+    result = posts.cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAILED" not in result.stdout
+
+
+def test_uninstall_removes_triggers_and_schema_but_keeps_the_index(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'kept')")
+    posts.sync()
+    result = posts.cli("uninstall")
+    assert result.returncode == 0, result.stderr
+    assert posts.sql("SELECT to_regnamespace('indexsync')") == [(None,)]
+    assert posts.sql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'indexsync%'") == [(0,)]
+    posts.sql("INSERT INTO posts (id, title) VALUES (2, 'writes still work')")
+    assert set(posts.docs("posts")) == {"1"}
+
+
+def test_status_reports_backlog_and_lag(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) SELECT g, 'x' FROM generate_series(1, 5) g")
+    time.sleep(0.2)
+    result = posts.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["indexes"]
+    assert row["index"] == posts.alias("posts") and row["backlog"] == 5
+    assert row["oldest_pending_seconds"] >= 0.2
+    posts.sync()
+    (row,) = json.loads(posts.cli("status", "--json").stdout)["indexes"]
+    assert row["backlog"] == 0 and row["oldest_pending_seconds"] is None
+    assert posts.alias("posts") in posts.cli("status").stdout
