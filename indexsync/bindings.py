@@ -188,11 +188,11 @@ ORDER BY array_position(i.indkey, a.attnum)
 """
 
 
-def resolve(
-    conn: psycopg.Connection[Any], spec: BindingsFile, source: Path
-) -> dict[str, Binding]:
+def resolve(conn: psycopg.Connection[Any], spec: BindingsFile, source: Path) -> dict[str, Binding]:
     """Check every binding against the catalog and return what SQL generation needs."""
-    return {alias: _resolve_one(conn, alias, index, source) for alias, index in spec.indexes.items()}
+    return {
+        alias: _resolve_one(conn, alias, index, source) for alias, index in spec.indexes.items()
+    }
 
 
 def _resolve_one(
@@ -203,7 +203,9 @@ def _resolve_one(
         try:
             cur.execute(_RESOLVE_TABLE, {"name": spec.table})
         except psycopg.Error:
-            raise ConfigError(f"{where} key 'table': {spec.table!r} is not a valid table name") from None
+            raise ConfigError(
+                f"{where} key 'table': {spec.table!r} is not a valid table name"
+            ) from None
         row = cur.fetchone()
         if row is None:
             raise ConfigError(f"{where} key 'table': table {spec.table!r} does not exist")
@@ -250,7 +252,8 @@ def _resolve_one(
 def _check_where(conn: psycopg.Connection[Any], binding: Binding, where: str) -> None:
     assert binding.where is not None
     query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
-        binding.table_ident, sql.SQL(binding.where)  # type: ignore[arg-type]
+        binding.table_ident,
+        sql.SQL(binding.where),
     )
     try:
         # Sent with the extended protocol (prepare) so a ';' cannot smuggle a second statement.

@@ -89,7 +89,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         with db.translated():
             installed = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
             if not installed or not installed[0]:
-                raise IndexsyncError("indexsync is not installed in this database: run `indexsync install`")
+                raise IndexsyncError(
+                    "indexsync is not installed in this database: run `indexsync install`"
+                )
             rows = collect(conn, list(spec.indexes))
     finally:
         conn.close()
@@ -139,10 +141,15 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
         conn.close()
     if args.json:
         keys = ("id", "index", "doc_id", "seq", "status", "error_type", "reason", "failed_at")
-        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], default=str, indent=2))
+        print(
+            json.dumps([dict(zip(keys, row, strict=True)) for row in rows], default=str, indent=2)
+        )
     else:
         for id_, index, doc_id, seq, status, error_type, reason, failed_at in rows:
-            print(f"{id_}\t{index}\t{doc_id}\tseq={seq}\t{status} {error_type}: {reason}\t{failed_at:%Y-%m-%d %H:%M:%S}")
+            print(
+                f"{id_}\t{index}\t{doc_id}\tseq={seq}\t{status} {error_type}: {reason}"
+                f"\t{failed_at:%Y-%m-%d %H:%M:%S}"
+            )
         if not rows:
             print("no dead letters")
     return 0
@@ -159,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"indexsync {__version__}")
-    parser.add_argument("--debug", action="store_true", help="log at debug level and show tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="log at debug level and show tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help_: str, example: str) -> argparse.ArgumentParser:
@@ -173,16 +182,45 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("install", cmd_install, "Create the indexsync schema, the triggers and the indexes (idempotent).", "indexsync install")
+    p = add(
+        "install",
+        cmd_install,
+        "Create the indexsync schema, the triggers and the indexes (idempotent).",
+        "indexsync install",
+    )
     p.add_argument("--print-sql", action="store_true", help="print the DDL instead of applying it")
-    p.add_argument("--no-backfill", action="store_true", help="do not queue existing rows of new indexes")
-    p = add("run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle")
+    p.add_argument(
+        "--no-backfill", action="store_true", help="do not queue existing rows of new indexes"
+    )
+    p = add(
+        "run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle"
+    )
     p.add_argument("--until-idle", action="store_true", help="drain the backlog, then exit")
-    p = add("status", cmd_status, "Show backlog, lag, dead letters and rebuilds per index.", "indexsync status --json")
+    p = add(
+        "status",
+        cmd_status,
+        "Show backlog, lag, dead letters and rebuilds per index.",
+        "indexsync status --json",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add("check", cmd_check, "Validate configuration, database objects and indexes; change nothing.", "indexsync check")
-    add("uninstall", cmd_uninstall, "Remove the triggers and the indexsync schema; keep the indexes.", "indexsync uninstall")
-    p = add("deadletters", cmd_deadletters, "List documents Elasticsearch refused, or retry them.", "indexsync deadletters retry --index posts")
+    add(
+        "check",
+        cmd_check,
+        "Validate configuration, database objects and indexes; change nothing.",
+        "indexsync check",
+    )
+    add(
+        "uninstall",
+        cmd_uninstall,
+        "Remove the triggers and the indexsync schema; keep the indexes.",
+        "indexsync uninstall",
+    )
+    p = add(
+        "deadletters",
+        cmd_deadletters,
+        "List documents Elasticsearch refused, or retry them.",
+        "indexsync deadletters retry --index posts",
+    )
     p.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
     p.add_argument("--index", help="only this index")
     p.add_argument("--id", type=int, action="append", help="only this dead letter id (repeatable)")

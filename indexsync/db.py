@@ -15,7 +15,9 @@ from indexsync.settings import Settings
 APPLICATION_NAME = "indexsync"
 
 
-def connect(settings: Settings, *, autocommit: bool = False, role: str = "") -> psycopg.Connection[Any]:
+def connect(
+    settings: Settings, *, autocommit: bool = False, role: str = ""
+) -> psycopg.Connection[Any]:
     """Open a connection to the source database, or raise a DatabaseUnavailable."""
     url = settings.require_database_url()
     try:

@@ -1,4 +1,4 @@
-"""Documents: the SQL that re-reads rows as JSON, and the bulk operations built from them (no I/O)."""
+"""Documents: the SQL that re-reads rows as JSON, and the bulk items built from them."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def document_expr(binding: Binding) -> sql.Composable:
 def _filters(binding: Binding) -> sql.Composable:
     if binding.where is None:
         return sql.SQL("")
-    return sql.SQL(" AND ({})").format(sql.SQL(binding.where))  # type: ignore[arg-type]
+    return sql.SQL(" AND ({})").format(sql.SQL(binding.where))
 
 
 def fetch_by_ids_query(binding: Binding) -> sql.Composed:
@@ -37,7 +37,7 @@ def fetch_by_ids_query(binding: Binding) -> sql.Composed:
         key=sql.Identifier(binding.key),
         doc=document_expr(binding),
         table=binding.table_ident,
-        key_type=sql.SQL(binding.key_type),  # type: ignore[arg-type]
+        key_type=sql.SQL(binding.key_type),
         filters=_filters(binding),
     )
 
@@ -112,7 +112,7 @@ def build_ops(
 def chunk_bodies(
     ops: Sequence[Op], max_bytes: int, parts: int = 1
 ) -> Iterator[tuple[list[Op], bytes]]:
-    """Split items into bulk bodies of at most `max_bytes` (an item never splits), about `parts` of them."""
+    """Split items into about `parts` bodies of at most `max_bytes`; an item never splits."""
     if not ops:
         return
     encoded = [op.encode() for op in ops]

@@ -38,6 +38,8 @@ _STREAM_LIMIT = 1 << 20
 # Bodies we must discard (oversized requests) are drained in slices of this size so a
 # huge upload never has to sit in memory.
 _DRAIN_CHUNK = 1 << 20
+# Bodies below this size are sent in the same write as their head.
+_COALESCE_BYTES = 1 << 16
 # Idle upstream connections kept for reuse; more than this are closed.
 _MAX_IDLE_UPSTREAM = 64
 
@@ -112,12 +114,16 @@ class Stats:
     """Counters of traffic and of injected faults; updated only on the proxy loop."""
 
     requests: int = 0
+    # Accepted client connections: stays small when clients use keep-alive.
     connections: int = 0
     bulk_items_rejected: int = 0
+    # Every fail_next_requests injection, whatever status was asked for.
     requests_failed_503: int = 0
     resets_after_forward: int = 0
+    # Requests refused, and open connections dropped, because of an outage.
     outage_refusals: int = 0
     too_large: int = 0
+    # Upstream unreachable or broken; the client got a 502.
     upstream_errors: int = 0
 
     def reset(self) -> None:
@@ -510,6 +516,17 @@ def _is_bulk(req: _Request) -> bool:
     return req.method in ("POST", "PUT") and req.path.rstrip("/").endswith("/_bulk")
 
 
+def _write_message(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:
+    """Queue an HTTP message head and body on ``writer``."""
+    if len(body) < _COALESCE_BYTES:
+        # One write, one segment: head and body never wait on each other.
+        writer.write(head + body)
+    else:
+        # Copying tens of MB just to save a write call is not worth it.
+        writer.write(head)
+        writer.write(body)
+
+
 def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
     """Close the connection so the peer sees a reset rather than a clean EOF."""
     sock = writer.get_extra_info("socket")
@@ -565,6 +582,9 @@ class CompatProxy:
         """Start listening on a background thread; return once the port is bound."""
         if self._thread is not None:
             return self
+        # A stopped proxy may be started again; it then binds the same port.
+        self._ready.clear()
+        self._startup_error = None
         self._thread = threading.Thread(
             target=self._run, name=f"esproxy-{self._up_port}", daemon=True
         )
@@ -653,6 +673,7 @@ class CompatProxy:
     def _abort_all_clients(self) -> None:
         # A crashed server drops every connection, idle keep-alive ones included.
         for task, writer in list(self._clients.items()):
+            self.stats.outage_refusals += 1
             _abort_with_rst(writer)
             task.cancel()
 
@@ -822,9 +843,7 @@ class CompatProxy:
                 return self._upstream_failed(req, exc)
             keep = False
             try:
-                conn.writer.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    conn.writer.write(body)
+                _write_message(conn.writer, head, body)
                 await conn.writer.drain()
                 resp, keep = await _read_response(conn.reader, req.method)
                 return resp
@@ -834,7 +853,7 @@ class CompatProxy:
                 if reused and attempt == 0 and not exc.partial:
                     continue
                 return self._upstream_failed(req, exc)
-            except (OSError, _UpstreamError, ValueError) as exc:
+            except (OSError, _UpstreamError, ValueError, asyncio.LimitOverrunError) as exc:
                 if reused and attempt == 0 and isinstance(exc, ConnectionError):
                     continue
                 return self._upstream_failed(req, exc)
@@ -875,11 +894,5 @@ class CompatProxy:
         if not keep_alive:
             lines.append("Connection: close")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if head or not resp.body:
-            writer.write(data)
-        elif len(resp.body) < 65536:
-            writer.write(data + resp.body)
-        else:
-            writer.write(data)
-            writer.write(resp.body)
+        _write_message(writer, data, b"" if head else resp.body)
         await writer.drain()

@@ -32,8 +32,10 @@ def index_body(mapping: dict[str, Any], settings: Settings) -> dict[str, Any]:
     body = {key: value for key, value in mapping.items()}
     index_settings = dict(body.get("settings") or {})
     nested = index_settings.get("index")
-    user_set = "index.gc_deletes" in index_settings or "gc_deletes" in index_settings or (
-        isinstance(nested, dict) and "gc_deletes" in nested
+    user_set = (
+        "index.gc_deletes" in index_settings
+        or "gc_deletes" in index_settings
+        or (isinstance(nested, dict) and "gc_deletes" in nested)
     )
     if not user_set:
         index_settings["index.gc_deletes"] = f"{settings.gc_deletes}s"
@@ -51,7 +53,9 @@ def create_generation(
             continue
         search.create_index(name, body, alias if attach_alias else None)
         return name
-    raise ConfigError(f"index {alias!r}: no free physical index name after {_MAX_GENERATIONS} tries")
+    raise ConfigError(
+        f"index {alias!r}: no free physical index name after {_MAX_GENERATIONS} tries"
+    )
 
 
 @dataclass
@@ -74,7 +78,7 @@ def _desired_ddl(
     return [outbox.trigger_ddl(conn, binding, notify) for binding in bindings.values()]
 
 
-def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], None]) -> None:
+def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], object]) -> None:
     """Write the DDL install would apply, for teams that run migrations themselves."""
     conn = db.connect(settings, autocommit=True, role="install")
     try:
@@ -99,7 +103,9 @@ def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], Non
         conn.close()
 
 
-def install(settings: Settings, spec: BindingsFile, search: Search, *, backfill: bool = True) -> InstallReport:
+def install(
+    settings: Settings, spec: BindingsFile, search: Search, *, backfill: bool = True
+) -> InstallReport:
     """Create what is missing, converge what differs; a second run changes nothing."""
     mappings = _mappings(settings, spec)
     search.ping()
@@ -263,7 +269,9 @@ def check(settings: Settings, spec: BindingsFile, search: Search) -> CheckResult
     return result
 
 
-def _check_triggers(conn: psycopg.Connection[Any], bindings: dict[str, Binding], result: CheckResult) -> None:
+def _check_triggers(
+    conn: psycopg.Connection[Any], bindings: dict[str, Binding], result: CheckResult
+) -> None:
     meta = conn.execute(outbox.GET_META, ("notify",)).fetchone()
     notify = meta is not None and meta[0] == "true"
     functions = outbox.installed_functions(conn)
@@ -272,7 +280,8 @@ def _check_triggers(conn: psycopg.Connection[Any], bindings: dict[str, Binding],
         binding = bindings[item.alias]
         if functions.get(item.function) != item.body:
             result.problems.append(
-                f"index {item.alias!r}: capture function is missing or outdated: run `indexsync install`"
+                f"index {item.alias!r}: capture function is missing or outdated: "
+                "run `indexsync install`"
             )
         for name in outbox.trigger_names(item.alias):
             if (name, binding.schema, binding.table) not in triggers:

@@ -28,7 +28,9 @@ def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
-def configure(fmt: str | None = "console", level: str = "info", stream: TextIO | None = None) -> None:
+def configure(
+    fmt: str | None = "console", level: str = "info", stream: TextIO | None = None
+) -> None:
     """Set up structlog and route the stdlib loggers (psycopg, elastic_transport) through it."""
     stream = stream if stream is not None else sys.stderr
     if fmt is None:

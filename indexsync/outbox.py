@@ -1,4 +1,4 @@
-"""The durable change log: schema, capture triggers, and the worker's claim and dead-letter queries."""
+"""The durable change log: schema, capture triggers, claims and dead letters."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class TriggerDDL:
     alias: str
     function: str
     body: str
-    statements: tuple[sql.Composable, ...]
+    statements: tuple[sql.Composed, ...]
 
 
 def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -> TriggerDDL:
@@ -95,12 +95,16 @@ def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -
     create_row = sql.SQL(
         "CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table} "
         "FOR EACH ROW EXECUTE FUNCTION {fn}()"
-    ).format(name=sql.Identifier(row_trigger), table=binding.table_ident, fn=sql.Identifier(SCHEMA, fn))
+    ).format(
+        name=sql.Identifier(row_trigger), table=binding.table_ident, fn=sql.Identifier(SCHEMA, fn)
+    )
     create_truncate = sql.SQL(
         "CREATE OR REPLACE TRIGGER {name} AFTER TRUNCATE ON {table} "
         "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
     ).format(
-        name=sql.Identifier(truncate_trigger), table=binding.table_ident, fn=sql.Identifier(SCHEMA, fn)
+        name=sql.Identifier(truncate_trigger),
+        table=binding.table_ident,
+        fn=sql.Identifier(SCHEMA, fn),
     )
     return TriggerDDL(binding.alias, fn, body, (create_function, create_row, create_truncate))
 
@@ -169,7 +173,11 @@ def backfill(binding: Binding) -> sql.Composed:
     )
 
 
-SET_META = "INSERT INTO indexsync.meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value WHERE meta.value IS DISTINCT FROM EXCLUDED.value"
+SET_META = """
+INSERT INTO indexsync.meta (key, value) VALUES (%s, %s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+WHERE meta.value IS DISTINCT FROM EXCLUDED.value
+"""
 GET_META = "SELECT value FROM indexsync.meta WHERE key = %s"
 SCHEMA_EXISTS = "SELECT to_regnamespace('indexsync') IS NOT NULL"
 DROP_SCHEMA = "DROP SCHEMA IF EXISTS indexsync CASCADE"
@@ -241,7 +249,10 @@ def add_dead_letters(conn: psycopg.Connection[Any], letters: Sequence[DeadLetter
         with conn.cursor() as cur:
             cur.executemany(
                 INSERT_DEAD_LETTER,
-                [(d.index_name, d.doc_id, d.seq, d.status, d.error_type, d.reason) for d in letters],
+                [
+                    (d.index_name, d.doc_id, d.seq, d.status, d.error_type, d.reason)
+                    for d in letters
+                ],
             )
 
 

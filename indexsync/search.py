@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import elastic_transport
 import elasticsearch
 from elasticsearch import Elasticsearch
 
-from indexsync.errors import IndexMissing, SearchError, SearchUnavailable
+from indexsync.errors import IndexMissing, IndexsyncError, SearchError, SearchUnavailable
 from indexsync.logs import redact
 from indexsync.settings import Settings
 
@@ -71,7 +73,7 @@ _DONE = ItemResult(Outcome.DONE, 200, "", "")
 
 def classify(item: Mapping[str, Any]) -> ItemResult:
     """Classify one entry of a bulk response's `items`."""
-    (action, body), = item.items()
+    ((action, body),) = item.items()
     status = int(body.get("status", 500))
     error = body.get("error")
     if error is None and status < 300:
@@ -96,14 +98,16 @@ class RequestTooLarge(SearchError):
     """The server refused a bulk body for its size (413)."""
 
 
-def translate(exc: Exception) -> SearchError:
+def translate(exc: Exception) -> IndexsyncError:
     """Map a client exception onto indexsync's hierarchy, keeping secrets out of the message."""
     if isinstance(exc, elasticsearch.ApiError):
         status = exc.meta.status
         error = exc.body.get("error") if isinstance(exc.body, Mapping) else None
         error_type = error.get("type") if isinstance(error, Mapping) else None
         reason = error.get("reason") if isinstance(error, Mapping) else str(exc.body)[:300]
-        message = redact(f"Elasticsearch answered {status}: {error_type or ''} {reason or ''}".strip())
+        message = redact(
+            f"Elasticsearch answered {status}: {error_type or ''} {reason or ''}".strip()
+        )
         if status == 413:
             return RequestTooLarge(message)
         if status in _RETRYABLE_STATUS or status >= 500:
@@ -124,7 +128,11 @@ def call(fn: Callable[[], T]) -> T:
     """Run one client call, translating its errors at this boundary."""
     try:
         return fn()
-    except (elasticsearch.ApiError, elastic_transport.TransportError, elasticsearch.UnsupportedProductError) as exc:
+    except (
+        elasticsearch.ApiError,
+        elastic_transport.TransportError,
+        elasticsearch.UnsupportedProductError,
+    ) as exc:
         raise translate(exc) from exc
 
 
@@ -163,7 +171,7 @@ class Search:
         """Create a physical index, optionally behind an alias in the same call."""
         settings = body.get("settings")
         mappings = body.get("mappings")
-        aliases = {alias: {}} if alias is not None else None
+        aliases: dict[str, Any] | None = {alias: {}} if alias is not None else None
         call(
             lambda: self.client.indices.create(
                 index=name, settings=settings, mappings=mappings, aliases=aliases
@@ -172,10 +180,8 @@ class Search:
 
     def delete_index(self, name: str) -> None:
         """Delete a physical index; a missing one is fine."""
-        try:
+        with contextlib.suppress(IndexMissing):
             call(lambda: self.client.indices.delete(index=name))
-        except IndexMissing:
-            pass
 
     def refresh(self, name: str) -> None:
         """Make recent writes visible to search."""
@@ -213,12 +219,10 @@ class Search:
                 yield from hits
                 if scroll_id is None:
                     return
-                current = scroll_id
-                response = call(lambda: self.client.scroll(scroll_id=current, scroll=keep_alive))
+                response = call(partial(self.client.scroll, scroll_id=scroll_id, scroll=keep_alive))
                 scroll_id = response.body.get("_scroll_id", scroll_id)
         finally:
             if scroll_id is not None:
-                try:
+                # A scroll that cannot be cleared expires on its own.
+                with contextlib.suppress(elasticsearch.ApiError, elastic_transport.TransportError):
                     self.client.clear_scroll(scroll_id=scroll_id)
-                except (elasticsearch.ApiError, elastic_transport.TransportError):
-                    pass  # the scroll expires on its own

@@ -41,7 +41,9 @@ def collect(conn: psycopg.Connection[Any], aliases: list[str]) -> list[IndexStat
         item.oldest_pending_seconds = round(age, 3) if age is not None else None
     for name, count in conn.execute(outbox.DEAD_LETTER_COUNTS).fetchall():
         found.setdefault(name, IndexStatus(name)).dead_letters = count
-    for alias, target, _, _, done, total, started, _ in conn.execute(outbox.REBUILD_STATUS).fetchall():
+    for alias, target, _, _, done, total, started, _ in conn.execute(
+        outbox.REBUILD_STATUS
+    ).fetchall():
         item = found.setdefault(alias, IndexStatus(alias))
         item.rebuild_target = target
         item.rebuild_rows_done = done
@@ -62,4 +64,7 @@ def render_table(rows: list[IndexStatus]) -> str:
         lag = "-" if row.oldest_pending_seconds is None else f"{row.oldest_pending_seconds:.1f}"
         lines.append((row.index, str(row.backlog), lag, str(row.dead_letters), rebuild))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

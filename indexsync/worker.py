@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -95,10 +96,8 @@ class Worker:
     def _disconnect(self) -> None:
         for conn in (self._conn, self._listener):
             if conn is not None:
-                try:
+                with contextlib.suppress(psycopg.Error):
                     conn.close()
-                except psycopg.Error:
-                    pass
         self._conn = self._listener = None
 
     def _connect(self, listen: bool) -> psycopg.Connection[Any]:
@@ -116,7 +115,8 @@ class Worker:
         for alias in self.bindings:
             if not self.search.alias_targets(alias):
                 raise IndexMissing(
-                    f"index alias {alias!r} does not exist in Elasticsearch; run `indexsync install`"
+                    f"index alias {alias!r} does not exist in Elasticsearch; "
+                    "run `indexsync install`"
                 )
 
     def run(self, *, until_idle: bool = False) -> Totals:
@@ -226,7 +226,8 @@ class Worker:
         while pending:
             if time.monotonic() - read_at > self.settings.max_read_age:
                 raise StaleRead(
-                    f"documents read {self.settings.max_read_age:.0f}s ago were not sent; re-reading"
+                    f"documents read over {self.settings.max_read_age:.0f}s ago were not sent; "
+                    "re-reading them"
                 )
             retry: list[Op] = []
             for op, result in self._bulk(pending):
@@ -237,13 +238,20 @@ class Worker:
                     retry.append(op)
                 elif result.outcome is Outcome.DEAD:
                     letter = DeadLetter(
-                        op.alias, op.doc_id, op.version, result.status, result.error_type,
+                        op.alias,
+                        op.doc_id,
+                        op.version,
+                        result.status,
+                        result.error_type,
                         result.reason[:4000],
                     )
                     if (op.alias, op.doc_id) not in dead:
                         log.warning(
-                            "batch.dead_letter", index=op.alias, doc_id=op.doc_id,
-                            status=result.status, error_type=result.error_type,
+                            "batch.dead_letter",
+                            index=op.alias,
+                            doc_id=op.doc_id,
+                            status=result.status,
+                            error_type=result.error_type,
                             reason=result.reason[:500],
                         )
                     dead[(op.alias, op.doc_id)] = letter

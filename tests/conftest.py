@@ -57,7 +57,9 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def template_db(pg_admin_url: str) -> str:
     """An empty database that every test's database is cloned from."""
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
     return TEMPLATE
 
@@ -72,13 +74,17 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     name = f"indexsync_test_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
         )
     try:
         yield _db_url(pg_admin_url, name)
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @dataclass
@@ -113,7 +119,9 @@ def search_server(_embedded_search: Any) -> Iterator[SearchServer]:
         yield SearchServer(real, prefix, None)
         client = Elasticsearch(real)
         try:
-            client.options(ignore_status=404).indices.delete(index=f"{prefix}*", expand_wildcards="all")
+            client.options(ignore_status=404).indices.delete(
+                index=f"{prefix}*", expand_wildcards="all"
+            )
         finally:
             client.close()
         return
@@ -160,7 +168,11 @@ class Env:
 
     def env_vars(self, **extra: str) -> dict[str, str]:
         """Environment for running the CLI as a user would."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("INDEXSYNC_", "DATABASE_URL", "ELASTICSEARCH_URL"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("INDEXSYNC_", "DATABASE_URL", "ELASTICSEARCH_URL"))
+        }
         env.update(
             INDEXSYNC_DATABASE_URL=self.database_url,
             INDEXSYNC_ELASTICSEARCH_URL=self.search.url,

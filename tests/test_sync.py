@@ -42,7 +42,10 @@ def posts(env: Env) -> Env:
 
 
 def test_insert_update_delete_reach_the_index(posts: Env) -> None:
-    posts.sql("INSERT INTO posts (id, title, tags, meta) VALUES (1, 'one', '{a,b}', '{\"k\": 1}'), (2, 'two', NULL, NULL)")
+    posts.sql(
+        "INSERT INTO posts (id, title, tags, meta) "
+        "VALUES (1, 'one', '{a,b}', '{\"k\": 1}'), (2, 'two', NULL, NULL)"
+    )
     posts.sync()
     assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
     assert posts.docs("posts")["1"]["tags"] == ["a", "b"]
@@ -56,7 +59,10 @@ def test_insert_update_delete_reach_the_index(posts: Env) -> None:
 
 
 def test_the_document_is_postgres_own_json(posts: Env) -> None:
-    posts.sql("INSERT INTO posts (id, title, body) VALUES (1, 'quote \" and é and \\ and \n', repeat('x', 20000))")
+    posts.sql(
+        "INSERT INTO posts (id, title, body) "
+        "VALUES (1, 'quote \" and é and \\ and \n', repeat('x', 20000))"
+    )
     posts.sync()
     assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
     assert posts.docs("posts")["1"]["published_at"] == "2026-01-02T03:04:05+00:00"
@@ -85,7 +91,10 @@ def test_a_key_change_removes_the_old_id_and_writes_the_new_one(posts: Env) -> N
 
 def test_many_updates_of_one_row_in_one_transaction_end_in_the_last_state(posts: Env) -> None:
     statements = ["BEGIN", "INSERT INTO posts (id, title) VALUES (1, 'v0')"]
-    statements += [f"UPDATE posts SET title = 'v{i}', views = {i} WHERE id = 1" for i in range(1, 200)]
+    statements += [
+        f"UPDATE posts SET title = 'v{i}', views = {i} WHERE id = 1"  # noqa: S608
+        for i in range(1, 200)
+    ]
     statements.append("COMMIT")
     posts.sql(";".join(statements))
     totals = posts.sync()
@@ -98,7 +107,9 @@ def test_many_updates_of_one_row_in_one_transaction_end_in_the_last_state(posts:
 
 
 def test_a_multi_row_statement_syncs_every_row(posts: Env) -> None:
-    posts.sql("INSERT INTO posts (id, title) SELECT g, 'post ' || g FROM generate_series(1, 2500) g")
+    posts.sql(
+        "INSERT INTO posts (id, title) SELECT g, 'post ' || g FROM generate_series(1, 2500) g"
+    )
     posts.sync(batch_size=300)
     assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
     posts.sql("UPDATE posts SET views = id * 2 WHERE id % 2 = 0")
@@ -137,7 +148,7 @@ def test_changes_made_while_no_worker_runs_are_synced_when_one_starts(posts: Env
         wait_for(lambda: "1000" in posts.docs("posts"), timeout=15)
     finally:
         worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=30)
+        _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert "worker.signal" in events and events[-1] == "worker.stopped"
@@ -146,7 +157,11 @@ def test_changes_made_while_no_worker_runs_are_synced_when_one_starts(posts: Env
 def test_sigterm_during_a_backlog_finishes_the_batch_and_loses_nothing(posts: Env) -> None:
     posts.sql("INSERT INTO posts (id, title) SELECT g, 'x' FROM generate_series(1, 20000) g")
     worker = posts.spawn("run", INDEXSYNC_BATCH_SIZE="200")
-    wait_for(lambda: posts.sql("SELECT count(*) < 20000 FROM indexsync.outbox")[0][0], timeout=30, interval=0.02)
+    wait_for(
+        lambda: posts.sql("SELECT count(*) < 20000 FROM indexsync.outbox")[0][0],
+        timeout=30,
+        interval=0.02,
+    )
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
@@ -183,7 +198,14 @@ def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
     posts.sql("UPDATE posts SET title = 'new' WHERE id = 1")
     posts.sync()
     # A worker that read the row before the update wakes up late and sends what it read.
-    late = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, '{"id": 1, "title": "old"}', True)
+    late = Op(
+        posts.alias("posts"),
+        posts.alias("posts"),
+        "1",
+        old_version,
+        '{"id": 1, "title": "old"}',
+        True,
+    )
     late_delete = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, None)
     results = Search(posts.es).bulk(late.encode() + late_delete.encode())
     assert [r.outcome for r in results] == [Outcome.DONE, Outcome.DONE]
@@ -212,10 +234,12 @@ def test_a_deleted_document_is_not_resurrected_by_a_late_write(posts: Env) -> No
         ("integer", ["1", "2", "-3"]),
         ("bigint", ["9007199254740993", "2"]),
         ("uuid", ["2b6f0cc9-04c4-4bd4-9d6b-1f0f3f9b1e01", "00000000-0000-0000-0000-000000000000"]),
-        ("text", ["plain", "with space", "quote\"s", "slash/and?query", "日本語"]),
+        ("text", ["plain", "with space", 'quote"s', "slash/and?query", "日本語"]),
     ],
 )
-def test_primary_keys_of_common_types_become_the_id(env: Env, key_type: str, values: list[str]) -> None:
+def test_primary_keys_of_common_types_become_the_id(
+    env: Env, key_type: str, values: list[str]
+) -> None:
     env.sql(f"CREATE TABLE things (k {key_type} PRIMARY KEY, label text)")
     env.bindings(f'[indexes.{env.alias("things")}]\ntable = "things"\n')
     env.install()
@@ -239,7 +263,9 @@ def test_a_column_list_cuts_the_document(env: Env) -> None:
 
 def test_existing_rows_are_backfilled_at_install(env: Env) -> None:
     env.sql(POSTS)
-    env.sql("INSERT INTO posts (id, title) SELECT g, 'before install' FROM generate_series(1, 100) g")
+    env.sql(
+        "INSERT INTO posts (id, title) SELECT g, 'before install' FROM generate_series(1, 100) g"
+    )
     env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\n')
     result = env.install()
     assert "queued 100 existing row(s)" in result.stdout
@@ -247,14 +273,29 @@ def test_existing_rows_are_backfilled_at_install(env: Env) -> None:
     assert len(env.docs("posts")) == 100
 
 
+FUNCTIONS = (
+    "SELECT p.proname, md5(p.prosrc), p.xmin::text FROM pg_proc p "
+    "WHERE pronamespace = 'indexsync'::regnamespace ORDER BY 1"
+)
+
+
 def test_install_twice_changes_nothing_the_second_time(posts: Env) -> None:
-    before = posts.sql("SELECT p.proname, md5(p.prosrc), p.xmin::text FROM pg_proc p WHERE pronamespace = 'indexsync'::regnamespace ORDER BY 1")
-    triggers = posts.sql("SELECT tgname, xmin::text FROM pg_trigger WHERE tgname LIKE 'indexsync%' ORDER BY 1")
+    before = posts.sql(FUNCTIONS)
+    triggers = posts.sql(
+        "SELECT tgname, xmin::text FROM pg_trigger WHERE tgname LIKE 'indexsync%' ORDER BY 1"
+    )
     second = posts.install()
     assert "nothing to change" in second.stdout
-    assert posts.sql("SELECT p.proname, md5(p.prosrc), p.xmin::text FROM pg_proc p WHERE pronamespace = 'indexsync'::regnamespace ORDER BY 1") == before
-    assert posts.sql("SELECT tgname, xmin::text FROM pg_trigger WHERE tgname LIKE 'indexsync%' ORDER BY 1") == triggers
-    assert posts.es.indices.get_alias(name=posts.alias("posts")).body.keys() == {posts.alias("posts") + "-1"}
+    assert posts.sql(FUNCTIONS) == before
+    assert (
+        posts.sql(
+            "SELECT tgname, xmin::text FROM pg_trigger WHERE tgname LIKE 'indexsync%' ORDER BY 1"
+        )
+        == triggers
+    )
+    assert posts.es.indices.get_alias(name=posts.alias("posts")).body.keys() == {
+        posts.alias("posts") + "-1"
+    }
 
 
 def test_print_sql_is_the_ddl_that_install_applies(env: Env) -> None:
@@ -262,7 +303,9 @@ def test_print_sql_is_the_ddl_that_install_applies(env: Env) -> None:
     env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\n')
     ddl = env.cli("install", "--print-sql")
     assert ddl.returncode == 0, ddl.stderr
-    assert env.sql("SELECT to_regnamespace('indexsync')") == [(None,)], "print-sql must not change anything"
+    assert env.sql("SELECT to_regnamespace('indexsync')") == [(None,)], (
+        "print-sql must not change anything"
+    )
     env.sql(ddl.stdout)
     env.sql("INSERT INTO posts (id, title) VALUES (1, 'x')")
     assert env.sql("SELECT index_name, doc_id FROM indexsync.outbox") == [(env.alias("posts"), "1")]
