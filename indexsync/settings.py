@@ -152,3 +152,22 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
     settings.check_consistency()
     return settings
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from this class so that it cannot go stale."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = list(alias.choices) if isinstance(alias, AliasChoices) else [env_name(name)]
+        variable = " or ".join(f"`{n}`" for n in names)
+        default = field.default
+        if isinstance(default, list):
+            default = ",".join(default)
+        shown = (
+            "(none)"
+            if default is None
+            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        )
+        rows.append(f"| {variable} | {shown} | {field.description or ''} |")
+    return "\n".join(rows)
