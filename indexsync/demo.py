@@ -51,7 +51,8 @@ def show(es: Elasticsearch) -> dict[str, Any]:
     for hit in sorted(hits, key=lambda h: int(h["_id"])):
         src = hit["_source"]
         print(
-            f"   _id={hit['_id']:<3} v{hit['_version']:<4} {src['title']!r} by {src['author']} {src['tags']}"
+            f"   _id={hit['_id']:<3} v{hit['_version']:<4} {src['title']!r} "
+            f"by {src['author']} {src['tags']}"
         )
     return {hit["_id"]: hit["_source"] for hit in hits}
 
