@@ -1,0 +1,19 @@
+"""The documentation stays true to the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexsync.settings import settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_settings_table_matches_the_settings_class() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->")
+    end = readme.index("<!-- settings-table:end -->")
+    assert readme[start:end].strip() == settings_table(), (
+        "README settings table is stale; regenerate it with "
+        "python -c 'from indexsync.settings import settings_table; print(settings_table())'"
+    )
