@@ -11,10 +11,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from indexsync import __version__, db, logs, outbox
-from indexsync.bindings import BindingsFile, load_bindings, resolve
-from indexsync.errors import IndexsyncError
+from indexsync import __version__, db, logs, outbox, verify
+from indexsync.bindings import Binding, BindingsFile, load_bindings, resolve
+from indexsync.errors import ConfigError, IndexsyncError
 from indexsync.install import check, install, print_sql, uninstall
+from indexsync.reindex import run_reindex
 from indexsync.search import Search, make_client
 from indexsync.settings import Settings, load_settings
 from indexsync.status import collect, render_table
@@ -155,6 +156,107 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected(
+    settings: Settings, aliases: list[str]
+) -> tuple[dict[str, Binding], dict[str, Binding]]:
+    """Every binding, and those named on the command line (all when none are)."""
+    spec = _bindings(settings)
+    unknown = [alias for alias in aliases if alias not in spec.indexes]
+    if unknown:
+        raise ConfigError(
+            f"{settings.config}: no binding for index(es) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(spec.indexes)}"
+        )
+    conn = db.connect(settings, autocommit=True, role="cli")
+    try:
+        with db.translated():
+            bindings = resolve(conn, spec, settings.config)
+    finally:
+        conn.close()
+    return bindings, {alias: b for alias, b in bindings.items() if not aliases or alias in aliases}
+
+
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    """Rebuild indexes with zero downtime."""
+    _, bindings = _selected(settings, args.alias)
+    search = _search(settings)
+    try:
+        results = run_reindex(
+            settings,
+            bindings,
+            search,
+            in_place=args.in_place,
+            restart=args.restart,
+            keep_old=args.keep_old,
+            chunk_size=args.chunk_size,
+        )
+    finally:
+        search.close()
+    for r in results:
+        where = "in place" if args.in_place else f"into {r.target}, alias swapped"
+        extra = f", {r.deleted_stale} stale document(s) deleted" if args.in_place else ""
+        print(
+            f"{r.alias}: {r.rows} rows {where} in {r.seconds:.1f}s "
+            f"({r.rows_per_s:,.0f} rows/s, watermark {r.watermark}{extra})"
+        )
+        if r.dead_letters:
+            print(f"{r.alias}: {r.dead_letters} document(s) refused; see `indexsync deadletters`")
+    return 0
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Compare indexes with the database; exit 1 on drift."""
+    every, bindings = _selected(settings, args.alias)
+    search = _search(settings)
+    conn = db.connect(settings, autocommit=True, role="verify")
+    report = []
+    drifted = False
+    try:
+        with db.translated():
+            for binding in bindings.values():
+                drift = verify.compare(conn, search, binding)
+                entry = drift.as_json()
+                if drift.total and args.repair:
+                    entry["queued_for_repair"] = verify.repair(conn, search, binding, drift)
+                    # The worker needs every binding: it drains changes of all indexes.
+                    with Worker(settings, every, search) as worker:
+                        worker.run(until_idle=True)
+                    after = verify.compare(conn, search, binding)
+                    entry["after_repair"] = after.as_json()
+                    drifted |= after.total > 0
+                else:
+                    drifted |= drift.total > 0
+                report.append(entry)
+    finally:
+        conn.close()
+        search.close()
+    if args.json:
+        print(json.dumps({"indexes": report, "drift": drifted}, indent=2))
+    else:
+        for entry in report:
+            _print_drift(entry)
+    return 1 if drifted else 0
+
+
+def _print_drift(entry: dict[str, Any]) -> None:
+    name = entry["index"]
+    counts = f"{entry['rows']} rows, {entry['documents']} documents"
+    if not (entry["missing"] or entry["extra"] or entry["differing"]):
+        print(f"{name}: in sync ({counts})")
+        return
+    print(
+        f"{name}: DRIFT ({counts}): {entry['missing']} missing, {entry['extra']} extra, "
+        f"{entry['differing']} differing"
+    )
+    for kind, ids in entry["examples"].items():
+        if ids:
+            print(f"  {kind}: {', '.join(ids)}")
+    if "after_repair" in entry:
+        after = entry["after_repair"]
+        left = after["missing"] + after["extra"] + after["differing"]
+        print(f"  repaired {entry['queued_for_repair']} document(s); {left} still differ")
+
+
 EPILOG = "Settings come from INDEXSYNC_* environment variables (and .env); see the README."
 
 
@@ -202,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
         "Show backlog, lag, dead letters and rebuilds per index.",
         "indexsync status --json",
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add(
+        "reindex",
+        cmd_reindex,
+        "Rebuild indexes from the database with zero downtime while live sync goes on.",
+        "indexsync reindex posts",
+    )
+    p.add_argument("alias", nargs="*", help="indexes to rebuild (default: all)")
+    p.add_argument("--in-place", action="store_true", help="rewrite the live index instead")
+    p.add_argument("--restart", action="store_true", help="start an interrupted rebuild over")
+    p.add_argument("--keep-old", action="store_true", help="keep the previous index")
+    p.add_argument("--chunk-size", type=int, default=5000, help="rows per scan page")
+    p = add(
+        "verify",
+        cmd_verify,
+        "Compare indexes with the database: missing, extra and differing documents.",
+        "indexsync verify posts --repair",
+    )
+    p.add_argument("alias", nargs="*", help="indexes to verify (default: all)")
+    p.add_argument("--repair", action="store_true", help="rewrite exactly the drifted documents")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add(
         "check",

@@ -31,7 +31,7 @@ def _filters(binding: Binding) -> sql.Composable:
 def fetch_by_ids_query(binding: Binding) -> sql.Composed:
     """Re-read the documents of the given ids; a missing id means delete."""
     return sql.SQL(
-        "SELECT {key}::text, {doc}::text FROM {table} "
+        "SELECT {key}::text AS _id, {doc}::text AS _doc FROM {table} "
         "WHERE {key} = ANY(%(ids)s::text[]::{key_type}[]){filters}"
     ).format(
         key=sql.Identifier(binding.key),
@@ -131,3 +131,37 @@ def chunk_bodies(
         size += len(line)
     if batch:
         yield batch, b"".join(lines)
+
+
+def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
+    """One keyset page of documents in key order, after `%(after)s` when resuming."""
+    after = (
+        sql.SQL(" AND {key} > %(after)s::text::{key_type}").format(
+            key=sql.Identifier(binding.key), key_type=sql.SQL(binding.key_type)
+        )
+        if resume
+        else sql.SQL("")
+    )
+    return sql.SQL(
+        "SELECT {key}::text AS _id, {doc}::text AS _doc FROM {table} WHERE true{filters}{after} "
+        # Qualified: a bare name would sort by the output column, the key's text form.
+        "ORDER BY {table}.{key} LIMIT %(limit)s"
+    ).format(
+        key=sql.Identifier(binding.key),
+        doc=document_expr(binding),
+        table=binding.table_ident,
+        filters=_filters(binding),
+        after=after,
+    )
+
+
+def key_check_query(binding: Binding) -> sql.Composed:
+    """Fails with a DataError when `%s` is not a valid key of the table."""
+    return sql.SQL("SELECT %s::text::{}").format(sql.SQL(binding.key_type))
+
+
+def count_query(binding: Binding) -> sql.Composed:
+    """An estimate-free row count of what the binding indexes."""
+    return sql.SQL("SELECT count(*) FROM {table} WHERE true{filters}").format(
+        table=binding.table_ident, filters=_filters(binding)
+    )

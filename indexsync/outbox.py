@@ -215,7 +215,8 @@ def claim(conn: psycopg.Connection[Any], limit: int) -> list[Change]:
         return [Change(*row) for row in cur.fetchall()]
 
 
-REBUILDS = "SELECT alias, target, watermark FROM indexsync.rebuilds WHERE target IS NOT NULL"
+# In-place rebuilds write through the alias already, so they need no second target.
+REBUILDS = "SELECT alias, target, watermark FROM indexsync.rebuilds WHERE NOT in_place"
 
 
 def rebuild_targets(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -297,3 +298,32 @@ REBUILD_STATUS = """
 SELECT alias, target, watermark, in_place, rows_done, rows_total, started_at, updated_at
 FROM indexsync.rebuilds
 """
+
+# --- rebuilds --------------------------------------------------------------------------------
+
+GET_REBUILD = """
+SELECT target, watermark, in_place, last_key, rows_done FROM indexsync.rebuilds WHERE alias = %s
+"""
+START_REBUILD = """
+INSERT INTO indexsync.rebuilds (alias, target, in_place, rows_total) VALUES (%s, %s, %s, %s)
+"""
+SET_WATERMARK = "UPDATE indexsync.rebuilds SET watermark = %s, updated_at = now() WHERE alias = %s"
+REBUILD_PROGRESS = """
+UPDATE indexsync.rebuilds SET last_key = %s, rows_done = %s, updated_at = now() WHERE alias = %s
+"""
+END_REBUILD = "DELETE FROM indexsync.rebuilds WHERE alias = %s"
+
+# The watermark: a seq drawn now, and the transactions in progress at that moment.
+DRAW_WATERMARK = "SELECT nextval('indexsync.change_seq'), pg_current_snapshot()::text"
+IN_PROGRESS = """
+SELECT count(*) FROM pg_snapshot_xip(%s::pg_snapshot) AS x WHERE pg_xact_status(x) = 'in progress'
+"""
+CURRENT_SNAPSHOT = "SELECT pg_current_snapshot()::text"
+LAST_SEQ = "SELECT last_value FROM indexsync.change_seq"
+ENQUEUE_IDS = """
+INSERT INTO indexsync.outbox (index_name, doc_id) SELECT %s, unnest(%s::text[])
+"""
+PENDING_FOR_IDS = """
+SELECT EXISTS (SELECT 1 FROM indexsync.outbox WHERE index_name = %s AND doc_id = ANY(%s::text[]))
+"""
+NEXT_SEQ = "SELECT nextval('indexsync.change_seq')"

@@ -191,6 +191,32 @@ class Search:
         """Change dynamic index settings."""
         call(lambda: self.client.indices.put_settings(index=name, settings=dict(settings)))
 
+    def update_aliases(self, actions: list[dict[str, Any]]) -> None:
+        """Apply alias actions atomically, in one `_aliases` call."""
+        call(lambda: self.client.indices.update_aliases(actions=actions))
+
+    def get_meta(self, index: str) -> dict[str, Any]:
+        """The `_meta` of an index's mapping."""
+        response = call(lambda: self.client.indices.get_mapping(index=index))
+        for body in response.body.values():
+            meta = body.get("mappings", {}).get("_meta")
+            return dict(meta) if isinstance(meta, Mapping) else {}
+        return {}
+
+    def put_meta(self, index: str, values: Mapping[str, Any]) -> None:
+        """Merge keys into the `_meta` of an index's mapping."""
+        meta = {**self.get_meta(index), **values}
+        call(lambda: self.client.indices.put_mapping(index=index, meta=meta))
+
+    def mget(self, index: str, ids: list[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Version and source of each id found (realtime, no refresh needed)."""
+        response = call(lambda: self.client.mget(index=index, ids=ids))
+        return {
+            doc["_id"]: (int(doc["_version"]), doc["_source"])
+            for doc in response.body["docs"]
+            if doc.get("found")
+        }
+
     def bulk(self, body: bytes) -> list[ItemResult]:
         """Send one NDJSON body and classify every item, in order."""
         response = call(lambda: self.client.bulk(operations=body))  # type: ignore[arg-type]

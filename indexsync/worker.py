@@ -3,41 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from indexsync import db, documents, outbox
+from indexsync import db, documents, outbox, versions
 from indexsync.bindings import Binding
 from indexsync.documents import Op
-from indexsync.errors import (
-    DatabaseUnavailable,
-    IndexMissing,
-    IndexsyncError,
-    SearchUnavailable,
-)
+from indexsync.errors import DatabaseUnavailable, IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
 from indexsync.outbox import DeadLetter
-from indexsync.search import ItemResult, Outcome, RequestTooLarge, Search
+from indexsync.search import Search
 from indexsync.settings import Settings
+from indexsync.writer import BulkWriter, StaleRead, backoff
 
 log = get_logger(__name__)
 
-# Per-item 429s are retried inside the batch a few times; after that the batch is rolled back
-# so that no transaction stays open while Elasticsearch recovers.
-_ITEM_RETRIES = 4
-# Below this many items a batch goes out as one request: splitting costs more than it saves.
-_MIN_PARALLEL_ITEMS = 200
 
-
-class StaleRead(IndexsyncError):
-    """A batch's documents were read too long ago to be sent safely (see max_read_age)."""
+# How often the index learns the sequence's high-water mark (see versions.py).
+_RECORD_EVERY = 10.0
 
 
 @dataclass
@@ -55,12 +43,6 @@ class Totals:
     by_index: dict[str, int] = field(default_factory=dict)
 
 
-def backoff(attempt: int, cap: float) -> float:
-    """Jittered exponential delay for the n-th consecutive failure."""
-    base: float = min(cap, 0.2 * 2 ** min(attempt, 16))
-    return base * random.uniform(0.5, 1.0)
-
-
 class Worker:
     """One worker process's loop; several may run against the same database."""
 
@@ -76,16 +58,23 @@ class Worker:
         self.search = search
         self.stop = stop or threading.Event()
         self.totals = Totals()
+        self._recorded_at = time.monotonic()
+        self._recorded_seq = 0
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
-        self._pool = ThreadPoolExecutor(settings.bulk_concurrency, thread_name_prefix="bulk")
+        self.writer = BulkWriter(
+            search,
+            concurrency=settings.bulk_concurrency,
+            max_bytes=settings.bulk_max_bytes,
+            max_read_age=settings.max_read_age,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release connections and threads."""
         self._disconnect()
-        self._pool.shutdown(wait=True)
+        self.writer.close()
 
     def __enter__(self) -> Worker:
         return self
@@ -119,9 +108,33 @@ class Worker:
                     "run `indexsync install`"
                 )
 
+    def check_versions(self) -> None:
+        """Refuse to start when an index is ahead of the database's sequence (a restore)."""
+        conn = self._connect(listen=False)
+        with db.translated():
+            for alias in self.bindings:
+                versions.check_sequence(conn, self.search, alias)
+
+    def _record_versions(self, force: bool = False) -> None:
+        # The sequence's current value bounds every version written so far; keeping it in
+        # the index lets a later start notice a database that went back in time.
+        now = time.monotonic()
+        if self._conn is None or (not force and now - self._recorded_at < _RECORD_EVERY):
+            return
+        self._recorded_at = now
+        with db.translated():
+            row = self._conn.execute(outbox.LAST_SEQ).fetchone()
+        seq = int(row[0]) if row else 0
+        if seq <= self._recorded_seq:
+            return
+        for alias in self.bindings:
+            versions.record_max_seq(self.search, alias, seq)
+        self._recorded_seq = seq
+
     def run(self, *, until_idle: bool = False) -> Totals:
         """Sync until stopped (or, with until_idle, until nothing is left to claim)."""
         self.check_indexes()
+        self.check_versions()
         failures = 0
         log.info("worker.started", indexes=sorted(self.bindings), until_idle=until_idle)
         while not self.stop.is_set():
@@ -130,6 +143,7 @@ class Worker:
                 # Drain first: notifications sent while we were away are lost, the outbox is not.
                 self.drain()
                 failures = 0
+                self._record_versions(force=until_idle)
                 if until_idle:
                     break
                 self._wait()
@@ -145,6 +159,8 @@ class Worker:
                 delay = backoff(failures, self.settings.retry_max_delay)
                 log.warning("worker.search_unavailable", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)
+        with contextlib.suppress(IndexsyncError):
+            self._record_versions(force=True)
         log.info("worker.stopped", batches=self.totals.batches, changes=self.totals.changes)
         return self.totals
 
@@ -172,17 +188,22 @@ class Worker:
         started = time.monotonic()
         try:
             with conn.transaction():
-                targets = outbox.rebuild_targets(conn)
                 changes = outbox.claim(conn, self.settings.batch_size)
                 if not changes:
                     return 0
+                # Read after the claim, never before: the claim gives this transaction an
+                # xid, so a rebuild that starts after this read waits for the batch to end
+                # (reindex's snapshot wait) and any change it misses is in its scan.
+                targets = outbox.rebuild_targets(conn)
                 ops = self._build_ops(conn, changes, targets)
                 read_at = time.monotonic()
-                dead = self._send(ops, read_at)
-                outbox.add_dead_letters(conn, dead)
+                written = self.writer.write(ops, read_at)
+                outbox.add_dead_letters(conn, written.dead)
         except psycopg.Error as exc:
             raise db.translate(exc) from exc
-        self._count(changes, ops, dead, started, read_at)
+        self.totals.conflicts += written.conflicts
+        self.totals.retries += written.retried
+        self._count(changes, ops, written.dead, started, read_at)
         return len(changes)
 
     def _build_ops(
@@ -218,87 +239,6 @@ class Worker:
                     ops.append(Op(alias, target, hit["_id"], seq, None))
         log.info("batch.truncate", index=alias, seq=seq, deletes=len(ops))
         return ops
-
-    def _send(self, ops: list[Op], read_at: float) -> list[DeadLetter]:
-        pending = ops
-        dead: dict[tuple[str, str], DeadLetter] = {}
-        attempt = 0
-        while pending:
-            if time.monotonic() - read_at > self.settings.max_read_age:
-                raise StaleRead(
-                    f"documents read over {self.settings.max_read_age:.0f}s ago were not sent; "
-                    "re-reading them"
-                )
-            retry: list[Op] = []
-            for op, result in self._bulk(pending):
-                if result.outcome is Outcome.DONE:
-                    if result.status == 409:
-                        self.totals.conflicts += 1
-                elif result.outcome is Outcome.RETRY:
-                    retry.append(op)
-                elif result.outcome is Outcome.DEAD:
-                    letter = DeadLetter(
-                        op.alias,
-                        op.doc_id,
-                        op.version,
-                        result.status,
-                        result.error_type,
-                        result.reason[:4000],
-                    )
-                    if (op.alias, op.doc_id) not in dead:
-                        log.warning(
-                            "batch.dead_letter",
-                            index=op.alias,
-                            doc_id=op.doc_id,
-                            status=result.status,
-                            error_type=result.error_type,
-                            reason=result.reason[:500],
-                        )
-                    dead[(op.alias, op.doc_id)] = letter
-                else:
-                    raise IndexMissing(
-                        f"index {op.index!r} (of alias {op.alias!r}) does not exist in "
-                        "Elasticsearch; run `indexsync install` or `indexsync reindex`"
-                    )
-            pending = retry
-            if pending:
-                attempt += 1
-                self.totals.retries += len(pending)
-                if attempt > _ITEM_RETRIES:
-                    raise SearchUnavailable(
-                        f"{len(pending)} bulk items still rejected after {_ITEM_RETRIES} retries"
-                    )
-                delay = backoff(attempt, 2.0)
-                log.info("batch.retry_items", items=len(pending), retry_in=round(delay, 3))
-                time.sleep(delay)
-        return list(dead.values())
-
-    def _bulk(self, ops: list[Op]) -> list[tuple[Op, ItemResult]]:
-        parts = self.settings.bulk_concurrency if len(ops) >= _MIN_PARALLEL_ITEMS else 1
-        chunks = list(documents.chunk_bodies(ops, self.settings.bulk_max_bytes, parts))
-        if len(chunks) == 1:
-            return self._send_chunk(*chunks[0])
-        futures = [self._pool.submit(self._send_chunk, chunk, body) for chunk, body in chunks]
-        results: list[tuple[Op, ItemResult]] = []
-        for future in futures:
-            results.extend(future.result())
-        return results
-
-    def _send_chunk(self, ops: list[Op], body: bytes) -> list[tuple[Op, ItemResult]]:
-        try:
-            items = self.search.bulk(body)
-        except RequestTooLarge:
-            if len(ops) == 1:
-                reason = f"bulk body of {len(body)} bytes is larger than the server accepts"
-                return [(ops[0], ItemResult(Outcome.DEAD, 413, "request_too_large", reason))]
-            half = len(ops) // 2
-            return [
-                *self._send_chunk(ops[:half], b"".join(op.encode() for op in ops[:half])),
-                *self._send_chunk(ops[half:], b"".join(op.encode() for op in ops[half:])),
-            ]
-        if len(items) != len(ops):
-            raise SearchUnavailable(f"bulk response has {len(items)} items for {len(ops)} sent")
-        return list(zip(ops, items, strict=True))
 
     def _count(
         self,

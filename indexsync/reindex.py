@@ -1,0 +1,406 @@
+"""Reindex: rebuild an index under a watermark while live sync goes on, then swap the alias."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import psycopg
+
+from indexsync import db, documents, outbox
+from indexsync.bindings import Binding, load_mapping
+from indexsync.documents import Op
+from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
+from indexsync.install import create_generation, index_body
+from indexsync.logs import get_logger
+from indexsync.search import Search
+from indexsync.settings import Settings
+from indexsync.versions import check_sequence, record_max_seq
+from indexsync.writer import BulkWriter, StaleRead
+
+log = get_logger(__name__)
+
+_WAIT_POLL = 0.05
+_PROGRESS_EVERY = 5.0
+
+
+def wait_for_snapshot(conn: psycopg.Connection[Any], snapshot: str, timeout: float) -> None:
+    """Wait until every transaction in progress in `snapshot` has ended."""
+    deadline = time.monotonic() + timeout
+    logged = False
+    while True:
+        row = conn.execute(outbox.IN_PROGRESS, (snapshot,)).fetchone()
+        if not row or row[0] == 0:
+            return
+        if not logged:
+            log.info("reindex.waiting_for_transactions", in_progress=row[0])
+            logged = True
+        if time.monotonic() > deadline:
+            raise IndexsyncError(
+                f"{row[0]} transaction(s) older than the rebuild are still open after "
+                f"{timeout:.0f}s; end them (see pg_stat_activity) and rerun to resume"
+            )
+        time.sleep(_WAIT_POLL)
+
+
+def draw_watermark(conn: psycopg.Connection[Any], timeout: float) -> int:
+    """V0: a seq such that every change below it has committed or aborted."""
+    row = conn.execute(outbox.DRAW_WATERMARK).fetchone()
+    assert row is not None
+    watermark, snapshot = int(row[0]), str(row[1])
+    wait_for_snapshot(conn, snapshot, timeout)
+    return watermark
+
+
+def wait_for_batches(conn: psycopg.Connection[Any], timeout: float) -> None:
+    """Wait for every transaction running now (worker batches in flight) to end."""
+    row = conn.execute(outbox.CURRENT_SNAPSHOT).fetchone()
+    assert row is not None
+    wait_for_snapshot(conn, str(row[0]), timeout)
+
+
+class Progress:
+    """A progress bar on a TTY, periodic structured events otherwise."""
+
+    def __init__(self, alias: str, total: int | None, done: int, stream: TextIO) -> None:
+        self.alias = alias
+        self.total = total
+        self.done = done
+        self.start_done = done
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def advance(self, rows: int) -> None:
+        """Count rows written and report if it is time."""
+        self.done += rows
+        now = time.monotonic()
+        if self.tty and now - self.last >= 0.2:
+            self.last = now
+            self.stream.write("\r" + self._line())
+            self.stream.flush()
+        elif not self.tty and now - self.last >= _PROGRESS_EVERY:
+            self.last = now
+            log.info(
+                "reindex.progress",
+                index=self.alias,
+                rows_done=self.done,
+                rows_total=self.total,
+                rows_per_s=round(self.rate()),
+            )
+
+    def rate(self) -> float:
+        """Rows per second since this run started."""
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return (self.done - self.start_done) / elapsed
+
+    def _line(self) -> str:
+        rate = self.rate()
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            eta = (self.total - self.done) / rate if rate > 0 else 0
+            return (
+                f"{self.alias} [{bar:<30}] {self.done}/{self.total} rows "
+                f"{rate:,.0f} rows/s ETA {eta:,.0f}s "
+            )
+        return f"{self.alias} {self.done} rows {rate:,.0f} rows/s "
+
+    def finish(self) -> None:
+        """End the bar."""
+        if self.tty:
+            self.stream.write("\r" + self._line() + "\n")
+            self.stream.flush()
+
+
+@dataclass
+class ReindexResult:
+    """What one rebuild did."""
+
+    alias: str
+    target: str
+    previous: list[str]
+    watermark: int
+    rows: int
+    seconds: float
+    deleted_stale: int = 0
+    dead_letters: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        """Scan throughput."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+class Reindexer:
+    """Rebuilds the indexes of bindings; one instance per command."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        search: Search,
+        *,
+        chunk_size: int = 5000,
+        keep_old: bool = False,
+        stream: TextIO | None = None,
+        wait_timeout: float = 600.0,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.search = search
+        self.chunk_size = chunk_size
+        self.keep_old = keep_old
+        self.stream = stream if stream is not None else sys.stderr
+        self.wait_timeout = wait_timeout
+        self.on_chunk = on_chunk
+        self.writer = BulkWriter(
+            search,
+            concurrency=settings.bulk_concurrency,
+            max_bytes=settings.bulk_max_bytes,
+            max_read_age=settings.max_read_age,
+        )
+
+    def close(self) -> None:
+        """Release threads."""
+        self.writer.close()
+
+    def reindex(
+        self, conn: psycopg.Connection[Any], binding: Binding, *, in_place: bool, restart: bool
+    ) -> ReindexResult:
+        """Rebuild one index (resuming an interrupted rebuild unless `restart`)."""
+        alias = binding.alias
+        previous = self.search.alias_targets(alias)
+        state = conn.execute(outbox.GET_REBUILD, (alias,)).fetchone()
+        if state is not None and (restart or bool(state[2]) != in_place):
+            self._abandon(conn, alias, state[0], previous)
+            state = None
+        started = time.monotonic()
+        if in_place:
+            if len(previous) != 1:
+                raise ConfigError(
+                    f"index {alias!r}: an in-place reindex needs the alias on exactly one "
+                    f"index (found {previous or 'none'}); run `indexsync reindex {alias}`"
+                )
+            self._check_versions(conn, alias, previous[0], in_place=True)
+            target = previous[0]
+        elif state is not None and self.search.exists(state[0]):
+            target = state[0]
+        else:
+            if state is not None:
+                conn.execute(outbox.END_REBUILD, (alias,))
+            state = None
+            target = self._create_target(binding, previous)
+        if state is None:
+            total = conn.execute(documents.count_query(binding)).fetchone()
+            conn.execute(
+                outbox.START_REBUILD, (alias, target, in_place, total[0] if total else None)
+            )
+            # Dual writes are on from this commit; the watermark waits for older batches.
+            watermark = draw_watermark(conn, self.wait_timeout)
+            conn.execute(outbox.SET_WATERMARK, (watermark, alias))
+            last_key: str | None = None
+            done = 0
+            log.info("reindex.started", index=alias, target=target, watermark=watermark)
+        else:
+            watermark = state[1]
+            if watermark is None:
+                watermark = draw_watermark(conn, self.wait_timeout)
+                conn.execute(outbox.SET_WATERMARK, (watermark, alias))
+            last_key, done = state[3], int(state[4])
+            log.info("reindex.resumed", index=alias, target=target, after_key=last_key, rows=done)
+        total_row = conn.execute(documents.count_query(binding)).fetchone()
+        progress = Progress(alias, total_row[0] if total_row else None, done, self.stream)
+        rows, dead = self._scan(conn, binding, target, watermark, last_key, progress)
+        progress.finish()
+        result = ReindexResult(
+            alias, target, previous, watermark, rows, time.monotonic() - started, dead_letters=dead
+        )
+        if in_place:
+            result.deleted_stale = self._delete_below(alias, target, watermark)
+            conn.execute(outbox.END_REBUILD, (alias,))
+        else:
+            self._swap(conn, binding, target, previous, watermark)
+        result.seconds = time.monotonic() - started
+        log.info(
+            "reindex.done",
+            index=alias,
+            target=target,
+            rows=result.rows,
+            rows_per_s=round(result.rows_per_s),
+            deleted_stale=result.deleted_stale,
+            dead_letters=dead,
+            seconds=round(result.seconds, 2),
+        )
+        return result
+
+    # --- phases ---------------------------------------------------------------------------
+
+    def _create_target(self, binding: Binding, previous: list[str]) -> str:
+        mapping = load_mapping(self.settings.mappings_dir, binding.alias)
+        body = index_body(mapping, self.settings)
+        index_settings = dict(body["settings"])
+        # Bulk-load settings; the mapping's own values (or the defaults) come back at the end.
+        index_settings["index.refresh_interval"] = "-1"
+        index_settings["index.number_of_replicas"] = 0
+        for key in ("refresh_interval", "number_of_replicas"):
+            index_settings.pop(key, None)
+            nested = index_settings.get("index")
+            if isinstance(nested, dict):
+                index_settings["index"] = {k: v for k, v in nested.items() if k != key}
+        body["settings"] = index_settings
+        generations = [_generation(binding.alias, name) for name in previous]
+        start = max(generations, default=0) + 1
+        target = create_generation(
+            self.search, binding.alias, body, attach_alias=False, start=start
+        )
+        log.info("reindex.index_created", index=binding.alias, target=target)
+        return target
+
+    def _scan(
+        self,
+        conn: psycopg.Connection[Any],
+        binding: Binding,
+        target: str,
+        watermark: int,
+        last_key: str | None,
+        progress: Progress,
+    ) -> tuple[int, int]:
+        query_first = documents.scan_query(binding, resume=False)
+        query_next = documents.scan_query(binding, resume=True)
+        rows = dead = 0
+        while True:
+            # One short transaction per chunk: nothing holds back vacuum during a long scan.
+            params = {"limit": self.chunk_size, "after": last_key}
+            page = conn.execute(
+                query_first if last_key is None else query_next, params, prepare=True
+            ).fetchall()
+            if not page:
+                return rows, dead
+            read_at = time.monotonic()
+            ops = [Op(binding.alias, target, doc_id, watermark, doc) for doc_id, doc in page]
+            try:
+                written = self.writer.write(ops, read_at)
+            except StaleRead:
+                continue  # re-read the same page
+            if written.dead:
+                with conn.transaction():
+                    outbox.add_dead_letters(conn, written.dead)
+            dead += len(written.dead)
+            last_key = page[-1][0]
+            rows += len(page)
+            conn.execute(
+                outbox.REBUILD_PROGRESS, (last_key, progress.done + len(page), binding.alias)
+            )
+            progress.advance(len(page))
+            if self.on_chunk is not None:
+                self.on_chunk(rows)
+
+    def _delete_below(self, alias: str, index: str, watermark: int) -> int:
+        # Neither the scan nor any later change wrote these: their rows are gone. The delete
+        # is versioned at V0, so a newer write that lands first refuses it.
+        self.search.refresh(index)
+        batch: list[Op] = []
+        deleted = 0
+        for hit in self.search.scan(index, source=False):
+            if int(hit.get("_version", 0)) < watermark:
+                batch.append(Op(alias, index, hit["_id"], watermark, None))
+            if len(batch) >= self.chunk_size:
+                self.writer.write(batch, time.monotonic())
+                deleted += len(batch)
+                batch = []
+        if batch:
+            self.writer.write(batch, time.monotonic())
+            deleted += len(batch)
+        return deleted
+
+    def _swap(
+        self,
+        conn: psycopg.Connection[Any],
+        binding: Binding,
+        target: str,
+        previous: list[str],
+        watermark: int,
+    ) -> None:
+        mapping = load_mapping(self.settings.mappings_dir, binding.alias)
+        restored = _restored_settings(mapping)
+        self.search.put_settings(target, restored)
+        self.search.refresh(target)
+        record_max_seq(self.search, target, watermark)
+        actions: list[dict[str, Any]] = [
+            {"remove": {"index": name, "alias": binding.alias}} for name in previous
+        ]
+        actions.append({"add": {"index": target, "alias": binding.alias}})
+        self.search.update_aliases(actions)
+        log.info("reindex.alias_swapped", index=binding.alias, target=target, previous=previous)
+        conn.execute(outbox.END_REBUILD, (binding.alias,))
+        if previous and not self.keep_old:
+            # Batches that began before the swap may still be writing to the old index.
+            wait_for_batches(conn, self.wait_timeout)
+            for name in previous:
+                self.search.delete_index(name)
+                log.info("reindex.old_index_dropped", index=binding.alias, dropped=name)
+
+    def _abandon(
+        self, conn: psycopg.Connection[Any], alias: str, target: str, live: list[str]
+    ) -> None:
+        conn.execute(outbox.END_REBUILD, (alias,))
+        if target not in live:
+            wait_for_batches(conn, self.wait_timeout)
+            self.search.delete_index(target)
+        log.info("reindex.abandoned", index=alias, target=target)
+
+    def _check_versions(
+        self, conn: psycopg.Connection[Any], alias: str, index: str, *, in_place: bool
+    ) -> None:
+        try:
+            check_sequence(conn, self.search, alias)
+        except SequenceRegression as exc:
+            if in_place:
+                raise SequenceRegression(
+                    f"{exc}; an in-place reindex cannot fix this, run `indexsync reindex {alias}`"
+                ) from None
+
+
+def _generation(alias: str, name: str) -> int:
+    suffix = name[len(alias) + 1 :] if name.startswith(alias + "-") else ""
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def _restored_settings(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The mapping's own refresh and replica settings, or null (the server default)."""
+    user: dict[str, Any] = mapping.get("settings") or {}
+    index = user.get("index")
+    nested: dict[str, Any] = index if isinstance(index, dict) else {}
+    restored: dict[str, Any] = {}
+    for key in ("refresh_interval", "number_of_replicas"):
+        value = user.get(f"index.{key}", user.get(key, nested.get(key)))
+        restored[f"index.{key}"] = value
+    return restored
+
+
+def run_reindex(
+    settings: Settings,
+    bindings: dict[str, Binding],
+    search: Search,
+    *,
+    in_place: bool = False,
+    restart: bool = False,
+    keep_old: bool = False,
+    chunk_size: int = 5000,
+) -> list[ReindexResult]:
+    """Rebuild the given bindings one after another."""
+    conn = db.connect(settings, autocommit=True, role="reindex")
+    reindexer = Reindexer(settings, search, chunk_size=chunk_size, keep_old=keep_old)
+    try:
+        with db.translated():
+            return [
+                reindexer.reindex(conn, binding, in_place=in_place, restart=restart)
+                for binding in bindings.values()
+            ]
+    finally:
+        reindexer.close()
+        conn.close()

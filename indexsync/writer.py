@@ -1,0 +1,138 @@
+"""Versioned bulk writes: split, send in parallel, classify every item, retry, dead-letter."""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from indexsync import documents
+from indexsync.documents import Op
+from indexsync.errors import IndexMissing, IndexsyncError, SearchUnavailable
+from indexsync.logs import get_logger
+from indexsync.outbox import DeadLetter
+from indexsync.search import ItemResult, Outcome, RequestTooLarge, Search
+
+log = get_logger(__name__)
+
+# Per-item 429s are retried inside the batch a few times; after that the caller rolls back
+# so that no transaction stays open while Elasticsearch recovers.
+ITEM_RETRIES = 4
+# Below this many items a batch goes out as one request: splitting costs more than it saves.
+MIN_PARALLEL_ITEMS = 200
+
+
+class StaleRead(IndexsyncError):
+    """Documents were read too long ago to be sent safely (see max_read_age)."""
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Jittered exponential delay for the n-th consecutive failure."""
+    base: float = min(cap, 0.2 * 2 ** min(attempt, 16))
+    return base * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class WriteResult:
+    """What one write of a set of items came to."""
+
+    dead: list[DeadLetter] = field(default_factory=list)
+    conflicts: int = 0
+    retried: int = 0
+
+
+class BulkWriter:
+    """Sends versioned items until each is done, dead, or the server is declared unavailable."""
+
+    def __init__(
+        self, search: Search, *, concurrency: int, max_bytes: int, max_read_age: float
+    ) -> None:
+        self.search = search
+        self.concurrency = concurrency
+        self.max_bytes = max_bytes
+        self.max_read_age = max_read_age
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bulk")
+
+    def close(self) -> None:
+        """Stop the sending threads."""
+        self._pool.shutdown(wait=True)
+
+    def write(self, ops: list[Op], read_at: float) -> WriteResult:
+        """Write every item; raises StaleRead, SearchUnavailable or IndexMissing."""
+        result = WriteResult()
+        dead: dict[tuple[str, str], DeadLetter] = {}
+        pending = ops
+        attempt = 0
+        while pending:
+            if time.monotonic() - read_at > self.max_read_age:
+                raise StaleRead(
+                    f"documents read over {self.max_read_age:.0f}s ago were not sent; "
+                    "re-reading them"
+                )
+            retry: list[Op] = []
+            for op, item in self._bulk(pending):
+                if item.outcome is Outcome.DONE:
+                    if item.status == 409:
+                        result.conflicts += 1
+                elif item.outcome is Outcome.RETRY:
+                    retry.append(op)
+                elif item.outcome is Outcome.DEAD:
+                    if (op.alias, op.doc_id) not in dead:
+                        log.warning(
+                            "batch.dead_letter",
+                            index=op.alias,
+                            doc_id=op.doc_id,
+                            status=item.status,
+                            error_type=item.error_type,
+                            reason=item.reason[:500],
+                        )
+                    dead[(op.alias, op.doc_id)] = DeadLetter(
+                        op.alias, op.doc_id, op.version, item.status, item.error_type,
+                        item.reason[:4000],
+                    )  # fmt: skip
+                else:
+                    raise IndexMissing(
+                        f"index {op.index!r} (of alias {op.alias!r}) does not exist in "
+                        "Elasticsearch; run `indexsync install` or `indexsync reindex`"
+                    )
+            pending = retry
+            if pending:
+                attempt += 1
+                result.retried += len(pending)
+                if attempt > ITEM_RETRIES:
+                    raise SearchUnavailable(
+                        f"{len(pending)} bulk items still rejected after {ITEM_RETRIES} retries"
+                    )
+                delay = backoff(attempt, 2.0)
+                log.info("batch.retry_items", items=len(pending), retry_in=round(delay, 3))
+                time.sleep(delay)
+        result.dead = list(dead.values())
+        return result
+
+    def _bulk(self, ops: list[Op]) -> list[tuple[Op, ItemResult]]:
+        parts = self.concurrency if len(ops) >= MIN_PARALLEL_ITEMS else 1
+        chunks = list(documents.chunk_bodies(ops, self.max_bytes, parts))
+        if len(chunks) == 1:
+            return self._send_chunk(*chunks[0])
+        futures = [self._pool.submit(self._send_chunk, chunk, body) for chunk, body in chunks]
+        results: list[tuple[Op, ItemResult]] = []
+        for future in futures:
+            results.extend(future.result())
+        return results
+
+    def _send_chunk(self, ops: list[Op], body: bytes) -> list[tuple[Op, ItemResult]]:
+        try:
+            items = self.search.bulk(body)
+        except RequestTooLarge:
+            if len(ops) == 1:
+                reason = f"bulk body of {len(body)} bytes is larger than the server accepts"
+                return [(ops[0], ItemResult(Outcome.DEAD, 413, "request_too_large", reason))]
+            half = len(ops) // 2
+            return [
+                *self._send_chunk(ops[:half], b"".join(op.encode() for op in ops[:half])),
+                *self._send_chunk(ops[half:], b"".join(op.encode() for op in ops[half:])),
+            ]
+        if len(items) != len(ops):
+            raise SearchUnavailable(f"bulk response has {len(items)} items for {len(ops)} sent")
+        return list(zip(ops, items, strict=True))
