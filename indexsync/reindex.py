@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -19,7 +20,7 @@ from indexsync.logs import get_logger
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.versions import check_sequence, record_max_seq
-from indexsync.writer import BulkWriter, StaleRead
+from indexsync.writer import BulkWriter, WriteResult
 
 log = get_logger(__name__)
 
@@ -272,32 +273,45 @@ class Reindexer:
         query_first = documents.scan_query(binding, resume=False)
         query_next = documents.scan_query(binding, resume=True)
         rows = dead = 0
-        while True:
-            # One short transaction per chunk: nothing holds back vacuum during a long scan.
-            params = {"limit": self.chunk_size, "after": last_key}
-            page = conn.execute(
-                query_first if last_key is None else query_next, params, prepare=True
-            ).fetchall()
-            if not page:
-                return rows, dead
-            read_at = time.monotonic()
-            ops = [Op(binding.alias, target, doc_id, watermark, doc) for doc_id, doc in page]
-            try:
-                written = self.writer.write(ops, read_at)
-            except StaleRead:
-                continue  # re-read the same page
-            if written.dead:
-                with conn.transaction():
-                    outbox.add_dead_letters(conn, written.dead)
-            dead += len(written.dead)
-            last_key = page[-1][0]
-            rows += len(page)
-            conn.execute(
-                outbox.REBUILD_PROGRESS, (last_key, progress.done + len(page), binding.alias)
-            )
-            progress.advance(len(page))
-            if self.on_chunk is not None:
-                self.on_chunk(rows)
+        # The next page is read while the previous one is being written.
+        in_flight: tuple[Future[WriteResult], str, int] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="scan") as sender:
+            while True:
+                # One short statement per page: nothing holds back vacuum during a long scan.
+                params = {"limit": self.chunk_size, "after": last_key}
+                page = conn.execute(
+                    query_first if last_key is None else query_next, params, prepare=True
+                ).fetchall()
+                if in_flight is not None:
+                    dead += self._landed(conn, binding.alias, progress, *in_flight)
+                    rows += in_flight[2]
+                    in_flight = None
+                if not page:
+                    return rows, dead
+                ops = [Op(binding.alias, target, doc_id, watermark, doc) for doc_id, doc in page]
+                last_key = page[-1][0]
+                future = sender.submit(self.writer.write, ops, time.monotonic())
+                in_flight = (future, last_key, len(page))
+
+    def _landed(
+        self,
+        conn: psycopg.Connection[Any],
+        alias: str,
+        progress: Progress,
+        future: Future[WriteResult],
+        last_key: str,
+        count: int,
+    ) -> int:
+        # A StaleRead or an outage propagates: the rerun resumes after the last landed page.
+        written = future.result()
+        if written.dead:
+            with conn.transaction():
+                outbox.add_dead_letters(conn, written.dead)
+        conn.execute(outbox.REBUILD_PROGRESS, (last_key, progress.done + count, alias))
+        progress.advance(count)
+        if self.on_chunk is not None:
+            self.on_chunk(progress.done)
+        return len(written.dead)
 
     def _delete_below(self, alias: str, index: str, watermark: int) -> int:
         # Neither the scan nor any later change wrote these: their rows are gone. The delete
