@@ -20,6 +20,7 @@ from indexsync.search import Search, make_client
 from indexsync.settings import Settings, load_settings
 from indexsync.status import collect, render_table
 from indexsync.worker import Worker
+from indexsync.writer import ITEMS_PER_REQUEST
 
 log = logs.get_logger(__name__)
 
@@ -188,7 +189,7 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
             in_place=args.in_place,
             restart=args.restart,
             keep_old=args.keep_old,
-            chunk_size=args.chunk_size,
+            chunk_size=args.chunk_size or settings.bulk_concurrency * ITEMS_PER_REQUEST,
         )
     finally:
         search.close()
@@ -315,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-place", action="store_true", help="rewrite the live index instead")
     p.add_argument("--restart", action="store_true", help="start an interrupted rebuild over")
     p.add_argument("--keep-old", action="store_true", help="keep the previous index")
-    p.add_argument("--chunk-size", type=int, default=5000, help="rows per scan page")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="rows per scan page (default: 1000 per bulk request in flight)",
+    )
     p = add(
         "verify",
         cmd_verify,

@@ -110,20 +110,15 @@ def build_ops(
 
 
 def chunk_bodies(
-    ops: Sequence[Op], max_bytes: int, parts: int = 1
+    ops: Sequence[Op], max_bytes: int, max_items: int
 ) -> Iterator[tuple[list[Op], bytes]]:
-    """Split items into about `parts` bodies of at most `max_bytes`; an item never splits."""
-    if not ops:
-        return
-    encoded = [op.encode() for op in ops]
-    total = sum(map(len, encoded))
-    # Aim for `parts` bodies so they can be sent in parallel, but never exceed max_bytes.
-    target = min(max_bytes, max(1, -(-total // max(parts, 1))))
+    """Split items into bodies of at most `max_items` and `max_bytes`; an item never splits."""
     batch: list[Op] = []
     lines: list[bytes] = []
     size = 0
-    for op, line in zip(ops, encoded, strict=True):
-        if batch and size + len(line) > target:
+    for op in ops:
+        line = op.encode()
+        if batch and (size + len(line) > max_bytes or len(batch) >= max_items):
             yield batch, b"".join(lines)
             batch, lines, size = [], [], 0
         batch.append(op)

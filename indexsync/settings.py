@@ -75,7 +75,11 @@ class Settings(BaseSettings):
         "cluster-wide commit lock; the worker then relies on polling.",
     )
     bulk_concurrency: int = Field(
-        default=4, ge=1, le=64, description="Bulk requests in flight at once."
+        default=4,
+        ge=1,
+        le=64,
+        description="Bulk requests in flight at once: parallel batches in the worker when "
+        "there is a backlog (each with its own connection), parallel pages in reindex.",
     )
     bulk_max_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest body of one bulk request."

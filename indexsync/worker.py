@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,14 @@ class Worker:
         self.stop = stop or threading.Event()
         self.totals = Totals()
         self._recorded_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._lane_conns: list[psycopg.Connection[Any]] = []
+        self._lane_failed = threading.Event()
+        self._lanes = (
+            ThreadPoolExecutor(settings.bulk_concurrency, thread_name_prefix="lane")
+            if settings.bulk_concurrency > 1
+            else None
+        )
         self._recorded_seq = 0
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
@@ -74,6 +83,8 @@ class Worker:
     def close(self) -> None:
         """Release connections and threads."""
         self._disconnect()
+        if self._lanes is not None:
+            self._lanes.shutdown(wait=True)
         self.writer.close()
 
     def __enter__(self) -> Worker:
@@ -83,11 +94,12 @@ class Worker:
         self.close()
 
     def _disconnect(self) -> None:
-        for conn in (self._conn, self._listener):
+        for conn in (self._conn, self._listener, *self._lane_conns):
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
         self._conn = self._listener = None
+        self._lane_conns = []
 
     def _connect(self, listen: bool) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -172,19 +184,34 @@ class Worker:
 
     def drain(self) -> int:
         """Process batches until the outbox has nothing left to claim (or stop is set)."""
+        first = self.process_batch(self._connect(listen=False))
+        if first < self.settings.batch_size or self.stop.is_set() or self._lanes is None:
+            return first
+        # A backlog: several batches in flight, each in its own transaction and connection,
+        # coordinated like separate workers (SKIP LOCKED claims, versioned writes).
+        while len(self._lane_conns) < self.settings.bulk_concurrency - 1:
+            self._lane_conns.append(db.connect(self.settings, autocommit=True, role="worker"))
+        conns = [self._connect(listen=False), *self._lane_conns]
+        self._lane_failed.clear()
+        return first + sum(self._lanes.map(self._lane, conns))
+
+    def _lane(self, conn: psycopg.Connection[Any]) -> int:
         done = 0
-        while not self.stop.is_set():
-            n = self.process_batch()
-            done += n
-            if n < self.settings.batch_size:
-                break
+        try:
+            while not (self.stop.is_set() or self._lane_failed.is_set()):
+                n = self.process_batch(conn)
+                done += n
+                if n < self.settings.batch_size:
+                    break
+        except BaseException:
+            self._lane_failed.set()
+            raise
         return done
 
     # --- one batch ------------------------------------------------------------------------
 
-    def process_batch(self) -> int:
+    def process_batch(self, conn: psycopg.Connection[Any]) -> int:
         """Claim, re-read, write and acknowledge one batch; returns the changes claimed."""
-        conn = self._connect(listen=False)
         started = time.monotonic()
         try:
             with conn.transaction():
@@ -201,9 +228,10 @@ class Worker:
                 outbox.add_dead_letters(conn, written.dead)
         except psycopg.Error as exc:
             raise db.translate(exc) from exc
-        self.totals.conflicts += written.conflicts
-        self.totals.retries += written.retried
-        self._count(changes, ops, written.dead, started, read_at)
+        with self._lock:
+            self.totals.conflicts += written.conflicts
+            self.totals.retries += written.retried
+            self._count(changes, ops, written.dead, started, read_at)
         return len(changes)
 
     def _build_ops(
