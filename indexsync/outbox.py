@@ -327,3 +327,36 @@ PENDING_FOR_IDS = """
 SELECT EXISTS (SELECT 1 FROM indexsync.outbox WHERE index_name = %s AND doc_id = ANY(%s::text[]))
 """
 NEXT_SEQ = "SELECT nextval('indexsync.change_seq')"
+
+REQUEUE = """
+INSERT INTO indexsync.outbox (seq, index_name, doc_id)
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[])
+"""
+
+# A document that landed at version v no longer needs the dead letters of older versions.
+CLEAR_DEAD_LETTERS = """
+DELETE FROM indexsync.dead_letters d
+USING unnest(%s::text[], %s::text[], %s::bigint[]) AS u(index_name, doc_id, version)
+WHERE d.index_name = u.index_name AND d.doc_id = u.doc_id AND d.seq < u.version
+"""
+
+
+def requeue(conn: psycopg.Connection[Any], items: dict[tuple[str, str], int]) -> None:
+    """Put claimed changes back under their own seq (their claim is being acknowledged)."""
+    if items:
+        keys = list(items)
+        conn.execute(
+            REQUEUE,
+            ([items[k] for k in keys], [k[0] for k in keys], [k[1] for k in keys]),
+        )
+
+
+def clear_dead_letters(conn: psycopg.Connection[Any], landed: dict[tuple[str, str], int]) -> None:
+    """Forget dead letters of documents that have since been written or deleted."""
+    if landed:
+        keys = list(landed)
+        conn.execute(
+            CLEAR_DEAD_LETTERS,
+            ([k[0] for k in keys], [k[1] for k in keys], [landed[k] for k in keys]),
+            prepare=True,
+        )

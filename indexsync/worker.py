@@ -20,11 +20,13 @@ from indexsync.logs import get_logger
 from indexsync.outbox import DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
-from indexsync.writer import BulkWriter, StaleRead, backoff
+from indexsync.writer import BulkWriter, StaleRead, WriteResult, backoff
 
 log = get_logger(__name__)
 
 
+# Longest uninterrupted wait for a notification.
+_WAIT_SLICE = 0.25
 # How often the index learns the sequence's high-water mark (see versions.py).
 _RECORD_EVERY = 10.0
 
@@ -42,6 +44,14 @@ class Totals:
     retries: int = 0
     reconnects: int = 0
     by_index: dict[str, int] = field(default_factory=dict)
+
+
+def _settled(ops: Sequence[Op], written: WriteResult) -> dict[tuple[str, str], int]:
+    """Documents this batch settled (written, deleted or dead-lettered anew), by version."""
+    deferred = {(op.alias, op.doc_id) for op in written.deferred}
+    return {
+        (op.alias, op.doc_id): op.version for op in ops if (op.alias, op.doc_id) not in deferred
+    }
 
 
 class Worker:
@@ -178,9 +188,16 @@ class Worker:
 
     def _wait(self) -> None:
         assert self._listener is not None
+        deadline = time.monotonic() + self.settings.poll_interval
         with db.translated():
-            for _ in self._listener.notifies(timeout=self.settings.poll_interval, stop_after=1):
-                pass
+            # Short slices, so that a SIGTERM is honoured promptly even with a long interval.
+            while not self.stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                timeout = min(left, _WAIT_SLICE)
+                for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                    return
 
     def drain(self) -> int:
         """Process batches until the outbox has nothing left to claim (or stop is set)."""
@@ -224,8 +241,16 @@ class Worker:
                 targets = outbox.rebuild_targets(conn)
                 ops = self._build_ops(conn, changes, targets)
                 read_at = time.monotonic()
-                written = self.writer.write(ops, read_at)
+                written = self.writer.write(ops, read_at, defer=True)
+                # Older dead letters of these documents are obsolete: they landed since, or
+                # failed again and get a fresh letter just below.
+                outbox.clear_dead_letters(conn, _settled(ops, written))
                 outbox.add_dead_letters(conn, written.dead)
+                if written.deferred:
+                    # Back into the outbox with their own seq, for a later batch to retry.
+                    outbox.requeue(
+                        conn, {(op.alias, op.doc_id): op.version for op in written.deferred}
+                    )
         except psycopg.Error as exc:
             raise db.translate(exc) from exc
         with self._lock:

@@ -40,6 +40,7 @@ class WriteResult:
     """What one write of a set of items came to."""
 
     dead: list[DeadLetter] = field(default_factory=list)
+    deferred: list[Op] = field(default_factory=list)
     conflicts: int = 0
     retried: int = 0
 
@@ -60,8 +61,12 @@ class BulkWriter:
         """Stop the sending threads."""
         self._pool.shutdown(wait=True)
 
-    def write(self, ops: list[Op], read_at: float) -> WriteResult:
-        """Write every item; raises StaleRead, SearchUnavailable or IndexMissing."""
+    def write(self, ops: list[Op], read_at: float, *, defer: bool = False) -> WriteResult:
+        """Write every item; raises StaleRead, SearchUnavailable or IndexMissing.
+
+        With `defer`, items still refused with 429/5xx after the retries come back in
+        `deferred` instead of failing the whole write, so one busy shard cannot stall the rest.
+        """
         result = WriteResult()
         dead: dict[tuple[str, str], DeadLetter] = {}
         pending = ops
@@ -102,6 +107,9 @@ class BulkWriter:
             if pending:
                 attempt += 1
                 result.retried += len(pending)
+                if attempt > ITEM_RETRIES and defer and len(pending) < len(ops):
+                    result.deferred = pending
+                    break
                 if attempt > ITEM_RETRIES:
                     raise SearchUnavailable(
                         f"{len(pending)} bulk items still rejected after {ITEM_RETRIES} retries"
