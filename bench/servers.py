@@ -1,0 +1,215 @@
+"""Where the benchmark runs: embedded servers, or the database and cluster named by the environment.
+
+INDEXSYNC_TEST_DATABASE_URL (a superuser URL) and INDEXSYNC_TEST_ELASTICSEARCH_URL are the
+same variables the tests honour; whichever is unset is replaced by an embedded server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from elasticsearch import Elasticsearch
+from psycopg import sql
+
+from bench.console import say
+from bench.procs import ProcessGroup, bench_module
+from indexsync.embedded import EmbeddedPostgres
+
+DATABASE_ENV = "INDEXSYNC_TEST_DATABASE_URL"
+SEARCH_ENV = "INDEXSYNC_TEST_ELASTICSEARCH_URL"
+
+# Server settings worth knowing when reading a write-throughput figure.
+_PG_SETTINGS = (
+    "server_version",
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_level",
+    "shared_buffers",
+    "max_connections",
+)
+_SEARCH_START_TIMEOUT_S = 60
+
+
+@dataclass
+class Servers:
+    """A running PostgreSQL and search server, plus what the results must say about them."""
+
+    pg_admin_url: str
+    search_url: str
+    pg_kind: str
+    search_kind: str
+    search_version: str
+    pg_settings: dict[str, str]
+    pgbench: Path
+    # Every database and index of this run starts with it, so a shared cluster stays tidy.
+    prefix: str
+    _databases: list[str] = field(default_factory=list)
+    _aliases: list[str] = field(default_factory=list)
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database for one figure; returns its URL."""
+        dbname = f"{self.prefix}{name}"
+        with psycopg.connect(self.pg_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        self._databases.append(dbname)
+        return psycopg.conninfo.make_conninfo(self.pg_admin_url, dbname=dbname)
+
+    def index_name(self, name: str) -> str:
+        """The name of an index or alias of this run, remembered for cleanup."""
+        full = f"{self.prefix}{name}"
+        self._aliases.append(full)
+        return full
+
+    def search_client(self) -> Elasticsearch:
+        """A plain client of the search server, for looking at indexes."""
+        return Elasticsearch(self.search_url, request_timeout=120)
+
+    def cleanup(self) -> None:
+        """Drop this run's databases and indexes (the embedded servers vanish anyway)."""
+        with contextlib.suppress(Exception), self.search_client() as es:
+            for name in self._aliases:
+                # Resolve aliases to physical names: wildcard deletes may be forbidden.
+                found = es.options(ignore_status=404).indices.get(index=name)
+                if found.meta.status == 200:
+                    for index in found.body:
+                        es.options(ignore_status=404).indices.delete(index=index)
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self.pg_admin_url, autocommit=True) as conn,
+        ):
+            for dbname in self._databases:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+
+    def describe(self) -> dict[str, Any]:
+        """The servers as recorded in results.json."""
+        return {
+            "postgresql": {"kind": self.pg_kind, "settings": self.pg_settings},
+            "search": {"kind": self.search_kind, "version": self.search_version},
+            "pgbench": str(self.pgbench),
+        }
+
+
+def _pg_settings(url: str) -> dict[str, str]:
+    values = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in _PG_SETTINGS:
+            row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            values[name] = str(row[0]) if row else "?"
+    return values
+
+
+def _search_kind(url: str) -> tuple[str, str]:
+    with Elasticsearch(url) as es:
+        version = es.info().body["version"]
+    if version.get("build_hash") == "osmem":
+        return "osmem", str(version.get("number"))
+    return str(version.get("distribution") or "elasticsearch"), str(version.get("number"))
+
+
+@contextlib.contextmanager
+def _embedded_search(procs: ProcessGroup, workdir: Path) -> Iterator[str]:
+    log = (workdir / "search-server.log").open("w", encoding="utf-8")
+    command, env = bench_module("bench.search_server")
+    proc = procs.spawn(
+        command,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(_SEARCH_START_TIMEOUT_S)
+            raise RuntimeError(
+                f"the embedded search server failed to start (exit {proc.returncode}); "
+                f"see {workdir / 'search-server.log'}"
+            )
+        yield str(json.loads(line)["url"])
+    finally:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # end of input is its signal to stop
+        procs.stop(proc, timeout=30)
+        log.close()
+
+
+@contextlib.contextmanager
+def started(procs: ProcessGroup, workdir: Path) -> Iterator[Servers]:
+    """Start (or connect to) PostgreSQL and the search server for one benchmark run."""
+    pgbench = EmbeddedPostgres(workdir / "pgdata").bin_dir / "pgbench"
+    if not pgbench.exists():
+        found = shutil.which("pgbench")
+        if found is None:
+            raise RuntimeError("pgbench not found: install the embedded extra or PostgreSQL")
+        pgbench = Path(found)
+    external_pg = os.environ.get(DATABASE_ENV)
+    external_search = os.environ.get(SEARCH_ENV)
+    # On shared servers the names carry the pid, so concurrent runs never collide.
+    prefix = f"isbench{os.getpid()}_" if external_pg or external_search else "bench_"
+    with contextlib.ExitStack() as stack:
+        if external_pg:
+            pg_url, pg_kind = external_pg, "external"
+            say("PostgreSQL: using INDEXSYNC_TEST_DATABASE_URL")
+        else:
+            pg = stack.enter_context(EmbeddedPostgres(workdir / "pgdata"))
+            pg_url, pg_kind = pg.url, "embedded"
+            say(f"PostgreSQL: embedded, {pg.url}")
+        if external_search:
+            search_url = external_search
+            say("search: using INDEXSYNC_TEST_ELASTICSEARCH_URL")
+        else:
+            search_url = stack.enter_context(_embedded_search(procs, workdir))
+            say(f"search: embedded osmem behind the compat proxy, {search_url}")
+        kind, version = _search_kind(search_url)
+        servers = Servers(
+            pg_admin_url=pg_url,
+            search_url=search_url,
+            pg_kind=pg_kind,
+            search_kind=kind,
+            search_version=version,
+            pg_settings=_pg_settings(pg_url),
+            pgbench=pgbench,
+            prefix=prefix,
+        )
+        try:
+            yield servers
+        finally:
+            servers.cleanup()
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "memory_mb": _memory_mb(),
+    }
+
+
+def _memory_mb() -> int | None:
+    with contextlib.suppress(Exception):
+        import psutil  # type: ignore[import-untyped]
+
+        return int(psutil.virtual_memory().total / (1024 * 1024))
+    return None
