@@ -219,7 +219,13 @@ class Search:
 
     def bulk(self, body: bytes) -> list[ItemResult]:
         """Send one NDJSON body and classify every item, in order."""
-        response = call(lambda: self.client.bulk(operations=body))  # type: ignore[arg-type]
+        response = call(
+            lambda: self.client.bulk(
+                operations=body,  # type: ignore[arg-type]
+                # Only what classification reads: items shrink from ~190 bytes to ~30.
+                filter_path="errors,items.*.status,items.*.error",
+            )
+        )
         return [classify(item) for item in response.body["items"]]
 
     def scan(

@@ -71,6 +71,7 @@ class Worker:
         self.totals = Totals()
         self._recorded_at = time.monotonic()
         self._lock = threading.Lock()
+        self._drained_at = time.monotonic()
         self._lane_conns: list[psycopg.Connection[Any]] = []
         self._lane_failed = threading.Event()
         self._lanes = (
@@ -188,7 +189,8 @@ class Worker:
 
     def _wait(self) -> None:
         assert self._listener is not None
-        deadline = time.monotonic() + self.settings.poll_interval
+        # Polls keep a fixed cadence: the drain's own duration counts towards the interval.
+        deadline = self._drained_at + self.settings.poll_interval
         with db.translated():
             # Short slices, so that a SIGTERM is honoured promptly even with a long interval.
             while not self.stop.is_set():
@@ -201,6 +203,7 @@ class Worker:
 
     def drain(self) -> int:
         """Process batches until the outbox has nothing left to claim (or stop is set)."""
+        self._drained_at = time.monotonic()
         first = self.process_batch(self._connect(listen=False))
         if first < self.settings.batch_size or self.stop.is_set() or self._lanes is None:
             return first
