@@ -11,13 +11,42 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from indexsync.errors import ConfigError
 
 # Elasticsearch's rules for index names, which aliases share; `-<n>` is added for physical names.
 _FORBIDDEN = set('\\/*?"<>| ,#:')
 _MAX_ALIAS_BYTES = 200
+
+
+class DependSpec(BaseModel):
+    """One `[[indexes.<alias>.depends]]` entry: a table whose changes re-index documents."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: str = Field(min_length=1)
+    key: str | None = Field(default=None, min_length=1)
+    sql: str | None = Field(default=None, min_length=1)
+    columns: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _key_or_sql(self) -> DependSpec:
+        if (self.key is None) == (self.sql is None):
+            raise ValueError(
+                "give exactly one of 'key' (a column holding the document id) "
+                "or 'sql' (a query mapping %(keys)s to document ids)"
+            )
+        if self.sql is not None and "%(keys)s" not in self.sql:
+            raise ValueError("'sql' must use the %(keys)s placeholder")
+        return self
 
 
 class IndexSpec(BaseModel):
@@ -28,6 +57,14 @@ class IndexSpec(BaseModel):
     table: str = Field(min_length=1)
     columns: list[str] | None = None
     where: str | None = None
+    query: str | None = Field(default=None, min_length=1)
+    depends: list[DependSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _query_or_columns(self) -> IndexSpec:
+        if self.query is not None and self.columns is not None:
+            raise ValueError("'query' replaces 'columns': give one or the other")
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -103,7 +140,11 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
         if loc[:1] == ["indexes"] and len(loc) >= 2:
-            where = f"[indexes.{loc[1]}]" + (f" key {'.'.join(loc[2:])!r}" if loc[2:] else "")
+            rest = loc[2:]
+            if rest[:1] == ["depends"] and len(rest) >= 2 and rest[1].isdigit():
+                # Name the n-th [[depends]] entry the way the file shows it (from 1).
+                rest = [f"depends[{int(rest[1]) + 1}]", *rest[2:]]
+            where = f"[indexes.{loc[1]}]" + (f" key {'.'.join(rest)!r}" if rest else "")
         else:
             where = f"key {'.'.join(loc)!r}" if loc else "top level"
         message = error["msg"]
@@ -143,6 +184,29 @@ def load_mapping(mappings_dir: Path, alias: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Dependency:
+    """A dependent table checked against the catalog."""
+
+    schema: str
+    table: str
+    key: str | None
+    expand: str | None
+    pk: str
+    pk_type: str
+    columns: tuple[str, ...] | None
+
+    @property
+    def source(self) -> str:
+        """The name outbox rows of this dependency carry."""
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def table_ident(self) -> sql.Identifier:
+        """The table as a quoted, schema-qualified identifier."""
+        return sql.Identifier(self.schema, self.table)
+
+
+@dataclass(frozen=True)
 class Binding:
     """A binding checked against the database: everything SQL generation needs."""
 
@@ -154,6 +218,12 @@ class Binding:
     columns: tuple[str, ...] | None
     excluded: tuple[str, ...]
     where: str | None
+    query: str | None = None
+    depends: tuple[Dependency, ...] = ()
+
+    def dependency(self, source: str) -> Dependency | None:
+        """The dependency whose outbox rows carry `source`."""
+        return next((d for d in self.depends if d.source == source), None)
 
     @property
     def table_ident(self) -> sql.Identifier:
@@ -195,58 +265,133 @@ def resolve(conn: psycopg.Connection[Any], spec: BindingsFile, source: Path) -> 
     }
 
 
-def _resolve_one(
-    conn: psycopg.Connection[Any], alias: str, spec: IndexSpec, source: Path
-) -> Binding:
-    where = f"{source}: [indexes.{alias}]"
+@dataclass(frozen=True)
+class _Table:
+    schema: str
+    table: str
+    key: str
+    key_type: str
+    columns: dict[str, str]
+
+
+def _table(conn: psycopg.Connection[Any], name: str, ctx: str) -> _Table:
+    """Resolve a table name through the catalog; `ctx` names the key in messages."""
     with conn.cursor() as cur:
         try:
-            cur.execute(_RESOLVE_TABLE, {"name": spec.table})
+            cur.execute(_RESOLVE_TABLE, {"name": name})
         except psycopg.Error:
-            raise ConfigError(
-                f"{where} key 'table': {spec.table!r} is not a valid table name"
-            ) from None
+            raise ConfigError(f"{ctx}: {name!r} is not a valid table name") from None
         row = cur.fetchone()
         if row is None:
-            raise ConfigError(f"{where} key 'table': table {spec.table!r} does not exist")
+            raise ConfigError(f"{ctx}: table {name!r} does not exist")
         oid, schema, table, relkind = row
         if relkind not in ("r", "p"):
-            raise ConfigError(f"{where} key 'table': {spec.table!r} is not an ordinary table")
+            raise ConfigError(f"{ctx}: {name!r} is not an ordinary table")
         cur.execute(_PRIMARY_KEY, {"oid": oid})
         key = cur.fetchall()
         if not key:
             raise ConfigError(
-                f"{where} key 'table': table {spec.table!r} has no primary key; "
-                "indexsync uses it as the document _id"
+                f"{ctx}: table {name!r} has no primary key; indexsync uses it as the document _id"
             )
         if len(key) > 1:
-            names = ", ".join(name for name, _ in key)
+            names = ", ".join(col for col, _ in key)
             raise ConfigError(
-                f"{where} key 'table': table {spec.table!r} has a composite primary key "
-                f"({names}); only single-column keys are supported"
+                f"{ctx}: table {name!r} has a composite primary key ({names}); "
+                "only single-column keys are supported"
             )
         cur.execute(_TABLE_COLUMNS, {"oid": oid})
-        existing = [name for name, _ in cur.fetchall()]
+        columns = {col: type_ for col, type_ in cur.fetchall()}
+    return _Table(schema, table, key[0][0], key[0][1], columns)
+
+
+def _unknown(columns: list[str], table: _Table, ctx: str) -> None:
+    unknown = [c for c in columns if c not in table.columns]
+    if unknown:
+        raise ConfigError(
+            f"{ctx}: unknown column(s) {', '.join(map(repr, unknown))} "
+            f"in table {table.schema}.{table.table}"
+        )
+
+
+def _resolve_one(
+    conn: psycopg.Connection[Any], alias: str, spec: IndexSpec, source: Path
+) -> Binding:
+    here = f"{source}: [indexes.{alias}]"
+    root = _table(conn, spec.table, f"{here} key 'table'")
     if spec.columns is not None:
-        unknown = [c for c in spec.columns if c not in existing]
-        if unknown:
-            raise ConfigError(
-                f"{where} key 'columns': unknown column(s) {', '.join(map(repr, unknown))} "
-                f"in table {schema}.{table}"
-            )
+        _unknown(spec.columns, root, f"{here} key 'columns'")
+    depends = []
+    for n, dep_spec in enumerate(spec.depends, start=1):
+        table = _table(conn, dep_spec.table, f"{here} key 'depends[{n}].table'")
+        if dep_spec.key is not None:
+            _unknown([dep_spec.key], table, f"{here} key 'depends[{n}].key'")
+        if dep_spec.columns is not None:
+            _unknown(dep_spec.columns, table, f"{here} key 'depends[{n}].columns'")
+        watched = dep_spec.columns
+        if watched is not None and dep_spec.key is not None and dep_spec.key not in watched:
+            # Moving a child to another parent must always be seen.
+            watched = [*watched, dep_spec.key]
+        dep = Dependency(
+            table.schema,
+            table.table,
+            dep_spec.key,
+            dep_spec.sql,
+            table.key,
+            table.key_type,
+            tuple(watched) if watched is not None else None,
+        )
+        if dep.expand is not None:
+            _check_depend_sql(conn, dep, f"{here} key 'depends[{n}].sql'")
+        depends.append(dep)
     binding = Binding(
         alias=alias,
-        schema=schema,
-        table=table,
-        key=key[0][0],
-        key_type=key[0][1],
+        schema=root.schema,
+        table=root.table,
+        key=root.key,
+        key_type=root.key_type,
         columns=tuple(spec.columns) if spec.columns is not None else None,
-        excluded=tuple(c for c in existing if spec.columns is not None and c not in spec.columns),
+        excluded=tuple(c for c in root.columns if spec.columns and c not in spec.columns),
         where=spec.where,
+        query=spec.query,
+        depends=tuple(depends),
     )
     if spec.where is not None:
-        _check_where(conn, binding, where)
+        _check_where(conn, binding, here)
+    if spec.query is not None:
+        _check_query(conn, binding, here)
     return binding
+
+
+def _check_query(conn: psycopg.Connection[Any], binding: Binding, where: str) -> None:
+    assert binding.query is not None
+    probe = sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(binding.query))
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(probe, prepare=True)
+            names = [col.name for col in cur.description or []]
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        raise ConfigError(f"{where} key 'query': the query fails: {message}") from None
+    missing = [name for name in ("id", "doc") if name not in names]
+    if missing:
+        raise ConfigError(
+            f"{where} key 'query': it must yield columns 'id' and 'doc' "
+            f"(missing: {', '.join(missing)}; it yields: {', '.join(names) or 'nothing'})"
+        )
+
+
+def _check_depend_sql(conn: psycopg.Connection[Any], dep: Dependency, where: str) -> None:
+    assert dep.expand is not None
+    probe = sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(dep.expand))
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(probe, {"keys": []}, prepare=True)
+            width = len(cur.description or [])
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        raise ConfigError(f"{where}: the query fails: {message}") from None
+    if width != 1:
+        raise ConfigError(f"{where}: it must yield exactly one column, the document id")
 
 
 def _check_where(conn: psycopg.Connection[Any], binding: Binding, where: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from indexsync.bindings import Binding
-from indexsync.outbox import KIND_TRUNCATE, Change
+from indexsync.bindings import Binding, Dependency
+from indexsync.outbox import KIND_KEY, KIND_TRUNCATE, Change
 
 
 def document_expr(binding: Binding) -> sql.Composable:
@@ -28,18 +29,33 @@ def _filters(binding: Binding) -> sql.Composable:
     return sql.SQL(" AND ({})").format(sql.SQL(binding.where))
 
 
+def source_query(binding: Binding) -> sql.Composable:
+    """Every document the binding produces: the typed key `_key` and the JSON `_doc`."""
+    table, key = binding.table_ident, sql.Identifier(binding.key)
+    if binding.query is None:
+        return sql.SQL(
+            "SELECT {table}.{key} AS _key, {doc} AS _doc FROM {table} WHERE true{f}"
+        ).format(table=table, key=key, doc=document_expr(binding), f=_filters(binding))
+    # `where` is about the root table, whatever the query joins.
+    root_filter = (
+        sql.SQL(" AND EXISTS (SELECT 1 FROM {table} WHERE {table}.{key} = q.id{f})").format(
+            table=table, key=key, f=_filters(binding)
+        )
+        if binding.where is not None
+        else sql.SQL("")
+    )
+    return sql.SQL("SELECT q.id AS _key, q.doc AS _doc FROM ({query}) AS q WHERE true{f}").format(
+        query=sql.SQL(binding.query), f=root_filter
+    )
+
+
 def fetch_by_ids_query(binding: Binding) -> sql.Composed:
     """Re-read the documents of the given ids; a missing id means delete."""
+    # PostgreSQL flattens the subquery, so the id filter reaches the root table's key index.
     return sql.SQL(
-        "SELECT {key}::text AS _id, {doc}::text AS _doc FROM {table} "
-        "WHERE {key} = ANY(%(ids)s::text[]::{key_type}[]){filters}"
-    ).format(
-        key=sql.Identifier(binding.key),
-        doc=document_expr(binding),
-        table=binding.table_ident,
-        key_type=sql.SQL(binding.key_type),
-        filters=_filters(binding),
-    )
+        "SELECT s._key::text, s._doc::text FROM ({source}) AS s "
+        "WHERE s._key = ANY(%(ids)s::text[]::{key_type}[])"
+    ).format(source=source_query(binding), key_type=sql.SQL(binding.key_type))
 
 
 def fetch_documents(
@@ -53,21 +69,27 @@ def fetch_documents(
 
 @dataclass
 class IndexWork:
-    """What a batch must do for one index: the newest seq per id, and any truncate."""
+    """What a batch must do for one index."""
 
-    versions: dict[str, int] = field(default_factory=dict)
-    truncate_seq: int | None = None
+    ids: set[str] = field(default_factory=set)
+    truncate: bool = False
+    # Keys of changed rows of dependent tables, by table, to map to document ids.
+    keys: dict[str, set[str]] = field(default_factory=dict)
 
 
 def plan(changes: Iterable[Change]) -> dict[str, IndexWork]:
-    """Group a batch by index and keep the largest seq per id (it becomes the version)."""
+    """Group a batch by index, deduplicating ids."""
     work: dict[str, IndexWork] = {}
     for change in changes:
         item = work.setdefault(change.index_name, IndexWork())
         if change.kind == KIND_TRUNCATE:
-            item.truncate_seq = max(item.truncate_seq or 0, change.seq)
-        elif change.doc_id is not None and change.seq > item.versions.get(change.doc_id, 0):
-            item.versions[change.doc_id] = change.seq
+            item.truncate = True
+        elif change.doc_id is None:
+            continue
+        elif change.kind == KIND_KEY and change.source is not None:
+            item.keys.setdefault(change.source, set()).add(change.doc_id)
+        else:
+            item.ids.add(change.doc_id)
     return work
 
 
@@ -98,15 +120,17 @@ class Op:
 def build_ops(
     alias: str,
     targets: Sequence[tuple[str, bool]],
-    versions: dict[str, int],
+    ids: Iterable[str],
     documents: dict[str, str],
+    version: int,
 ) -> list[Op]:
     """Bulk items for every changed id of an index, for every target (alias, rebuild)."""
-    ops = []
-    for target, is_alias in targets:
-        for doc_id, version in versions.items():
-            ops.append(Op(alias, target, doc_id, version, documents.get(doc_id), is_alias))
-    return ops
+    ids = sorted(ids)
+    return [
+        Op(alias, target, doc_id, version, documents.get(doc_id), is_alias)
+        for target, is_alias in targets
+        for doc_id in ids
+    ]
 
 
 def chunk_bodies(
@@ -131,23 +155,19 @@ def chunk_bodies(
 def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
     """One keyset page of documents in key order, after `%(after)s` when resuming."""
     after = (
-        sql.SQL(" AND {key} > %(after)s::text::{key_type}").format(
-            key=sql.Identifier(binding.key), key_type=sql.SQL(binding.key_type)
-        )
+        sql.SQL("WHERE s._key > %(after)s::text::{}").format(sql.SQL(binding.key_type))
         if resume
         else sql.SQL("")
     )
     return sql.SQL(
-        "SELECT {key}::text AS _id, {doc}::text AS _doc FROM {table} WHERE true{filters}{after} "
-        # Qualified: a bare name would sort by the output column, the key's text form.
-        "ORDER BY {table}.{key} LIMIT %(limit)s"
-    ).format(
-        key=sql.Identifier(binding.key),
-        doc=document_expr(binding),
-        table=binding.table_ident,
-        filters=_filters(binding),
-        after=after,
-    )
+        "SELECT s._key::text, s._doc::text FROM ({source}) AS s {after} "
+        "ORDER BY s._key LIMIT %(limit)s"
+    ).format(source=source_query(binding), after=after)
+
+
+def id_filter_plan_query(binding: Binding) -> sql.Composed:
+    """EXPLAIN of the live re-read, to see whether the id filter reaches an index."""
+    return sql.SQL("EXPLAIN {}").format(fetch_by_ids_query(binding))
 
 
 def key_check_query(binding: Binding) -> sql.Composed:
@@ -156,7 +176,31 @@ def key_check_query(binding: Binding) -> sql.Composed:
 
 
 def count_query(binding: Binding) -> sql.Composed:
-    """An estimate-free row count of what the binding indexes."""
-    return sql.SQL("SELECT count(*) FROM {table} WHERE true{filters}").format(
-        table=binding.table_ident, filters=_filters(binding)
-    )
+    """How many documents the binding produces."""
+    return sql.SQL("SELECT count(*) FROM ({}) AS s").format(source_query(binding))
+
+
+_INT_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+def typed_keys(pk_type: str, keys: Iterable[str]) -> list[Any]:
+    """Keys as Python values of their column's type, so `= ANY(%(keys)s)` needs no cast."""
+    if pk_type in _INT_TYPES:
+        return [int(k) for k in keys]
+    if pk_type == "uuid":
+        return [uuid.UUID(k) for k in keys]
+    return list(keys)
+
+
+def expand_dependency(
+    conn: psycopg.Connection[Any], dep: Dependency, keys: Iterable[str]
+) -> set[str]:
+    """Document ids that changed rows of a dependent table map to, through its `sql`."""
+    assert dep.expand is not None
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(dep.expand),
+            {"keys": typed_keys(dep.pk_type, keys)},
+            prepare=True,
+        )
+        return {str(row[0]) for row in cur.fetchall() if row[0] is not None}

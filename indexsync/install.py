@@ -75,7 +75,9 @@ def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any
 def _desired_ddl(
     conn: psycopg.Connection[Any], bindings: dict[str, Binding], notify: bool
 ) -> list[outbox.TriggerDDL]:
-    return [outbox.trigger_ddl(conn, binding, notify) for binding in bindings.values()]
+    return [
+        item for binding in bindings.values() for item in outbox.trigger_ddl(conn, binding, notify)
+    ]
 
 
 def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], object]) -> None:
@@ -179,26 +181,25 @@ def _converge_triggers(
 ) -> None:
     functions = outbox.installed_functions(conn)
     triggers = outbox.installed_triggers(conn)
+    present = {(t.name, t.schema, t.table) for t in triggers}
     wanted: set[tuple[str, str, str]] = set()
-    for item in _desired_ddl(conn, bindings, notify):
-        binding = bindings[item.alias]
-        names = outbox.trigger_names(item.alias)
-        wanted.update((name, binding.schema, binding.table) for name in names)
-        present = {(t.name, t.schema, t.table) for t in triggers if t.function == item.function}
-        create_function, *create_triggers = item.statements
+    desired = _desired_ddl(conn, bindings, notify)
+    for item in desired:
         if functions.get(item.function) != item.body:
-            conn.execute(create_function)
+            conn.execute(item.create_function)
             report.statements += 1
-        for name, statement in zip(names, create_triggers, strict=True):
-            if (name, binding.schema, binding.table) not in present:
+        for name, schema, table, statement in item.triggers:
+            wanted.add((name, schema, table))
+            if (name, schema, table) not in present:
                 conn.execute(statement)
                 report.statements += 1
+    # Triggers of removed bindings, or of an older definition, go; so do their functions.
     for trigger in triggers:
         if (trigger.name, trigger.schema, trigger.table) not in wanted:
             conn.execute(outbox.drop_trigger(trigger))
             report.dropped_triggers.append(f"{trigger.schema}.{trigger.table}.{trigger.name}")
             report.statements += 1
-    wanted_functions = {outbox.function_name(alias) for alias in bindings}
+    wanted_functions = {item.function for item in desired}
     for name in functions:
         if name.startswith("capture_") and name not in wanted_functions:
             conn.execute(outbox.drop_function(name))
@@ -277,16 +278,15 @@ def _check_triggers(
     functions = outbox.installed_functions(conn)
     triggers = {(t.name, t.schema, t.table) for t in outbox.installed_triggers(conn)}
     for item in _desired_ddl(conn, bindings, notify):
-        binding = bindings[item.alias]
         if functions.get(item.function) != item.body:
             result.problems.append(
-                f"index {item.alias!r}: capture function is missing or outdated: "
-                "run `indexsync install`"
+                f"index {item.alias!r}: capture function {item.function} is missing or "
+                "outdated: run `indexsync install`"
             )
-        for name in outbox.trigger_names(item.alias):
-            if (name, binding.schema, binding.table) not in triggers:
+        for name, schema, table, _ in item.triggers:
+            if (name, schema, table) not in triggers:
                 result.problems.append(
-                    f"index {item.alias!r}: trigger {name} on {binding.display} is missing: "
-                    "run `indexsync install`"
+                    f"index {item.alias!r}: trigger {name} on {schema}.{table} is missing or "
+                    "outdated: run `indexsync install`"
                 )
     result.checked.append("capture triggers installed")

@@ -18,6 +18,7 @@ SCHEMA = "indexsync"
 CHANNEL = "indexsync"
 KIND_DOC = "d"
 KIND_TRUNCATE = "t"
+KIND_KEY = "k"
 
 
 def schema_sql() -> str:
@@ -25,88 +26,161 @@ def schema_sql() -> str:
     return resources.files("indexsync").joinpath("sql/schema.sql").read_text(encoding="utf-8")
 
 
-def _slug(alias: str) -> str:
+def _slug(name: str) -> str:
     # Identifiers are cut at 63 bytes; a readable prefix plus a hash keeps them unique.
-    readable = re.sub(r"[^a-z0-9_]", "_", alias)[:36]
-    digest = hashlib.sha1(alias.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9_]", "_", name.lower())[:32]
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"{readable}_{digest}"
 
 
-def function_name(alias: str) -> str:
-    """The capture function of one binding, in the indexsync schema."""
-    return f"capture_{_slug(alias)}"
-
-
-def trigger_names(alias: str) -> tuple[str, str]:
-    """The row trigger and the truncate trigger of one binding."""
-    slug = _slug(alias)
-    return f"indexsync_{slug}_row", f"indexsync_{slug}_truncate"
-
-
+# One function per captured table and index. Root rows record their own key; a dependent
+# table with `key` records the document id it holds; one with `sql` records its own key
+# (kind 'k'), which the worker maps to document ids. {col} is the recorded column.
 _FUNCTION_BODY: LiteralString = """
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO indexsync.outbox (index_name, doc_id, kind) VALUES ({alias}, NULL, 't');
+        {on_truncate}
     ELSIF TG_OP = 'INSERT' THEN
-        INSERT INTO indexsync.outbox (index_name, doc_id) VALUES ({alias}, NEW.{key}::text);
+        IF NEW.{col} IS NOT NULL THEN
+            INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+            VALUES ({alias}, NEW.{col}::text, {kind}, {source});
+        END IF;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO indexsync.outbox (index_name, doc_id) VALUES ({alias}, OLD.{key}::text);
-    ELSIF OLD.{key} IS DISTINCT FROM NEW.{key} THEN
-        INSERT INTO indexsync.outbox (index_name, doc_id)
-        VALUES ({alias}, OLD.{key}::text), ({alias}, NEW.{key}::text);
+        IF OLD.{col} IS NOT NULL THEN
+            INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+            VALUES ({alias}, OLD.{col}::text, {kind}, {source});
+        END IF;
     ELSE
-        INSERT INTO indexsync.outbox (index_name, doc_id) VALUES ({alias}, NEW.{key}::text);
+        IF NEW.{col} IS NOT NULL THEN
+            INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+            VALUES ({alias}, NEW.{col}::text, {kind}, {source});
+        END IF;
+        IF OLD.{col} IS DISTINCT FROM NEW.{col} AND OLD.{col} IS NOT NULL THEN
+            INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+            VALUES ({alias}, OLD.{col}::text, {kind}, {source});
+        END IF;
     END IF;{notify}
     RETURN NULL;
 END
 """
 
+_TRUNCATE_MARKER: LiteralString = (
+    "INSERT INTO indexsync.outbox (index_name, doc_id, kind) VALUES ({alias}, NULL, 't');"
+)
+# A dependent table emptied: every document may have changed.
+_TRUNCATE_ALL: LiteralString = (
+    "INSERT INTO indexsync.outbox (index_name, doc_id) SELECT {alias}, {key}::text FROM {table};"
+)
+
 # A constant payload lets PostgreSQL fold every NOTIFY of a transaction into one.
 _NOTIFY: LiteralString = "\n    PERFORM pg_notify('indexsync', '');"
 
 
-def function_body(binding: Binding, notify: bool) -> sql.Composed:
-    """The PL/pgSQL body of a binding's capture function."""
+@dataclass(frozen=True)
+class Capture:
+    """One captured table of one index: what its trigger function records."""
+
+    alias: str
+    schema: str
+    table: str
+    column: str
+    kind: str
+    source: str | None
+    watch: tuple[str, ...] | None
+
+    @property
+    def function(self) -> str:
+        """The capture function's name in the indexsync schema."""
+        name = self.alias if self.source is None else f"{self.alias}|{self.source}"
+        return f"capture_{_slug(name)}"
+
+
+def captures(binding: Binding) -> list[Capture]:
+    """The root table's capture, then one per dependent table."""
+    found = [
+        Capture(binding.alias, binding.schema, binding.table, binding.key, KIND_DOC, None, None)
+    ]
+    for dep in binding.depends:
+        column, kind = (dep.key, KIND_DOC) if dep.key is not None else (dep.pk, KIND_KEY)
+        found.append(
+            Capture(binding.alias, dep.schema, dep.table, column, kind, dep.source, dep.columns)
+        )
+    return found
+
+
+def function_body(binding: Binding, capture: Capture, notify: bool) -> sql.Composed:
+    """The PL/pgSQL body of one capture function."""
+    alias = sql.Literal(binding.alias)
+    on_truncate = (
+        sql.SQL(_TRUNCATE_MARKER).format(alias=alias)
+        if capture.source is None
+        else sql.SQL(_TRUNCATE_ALL).format(
+            alias=alias, key=sql.Identifier(binding.key), table=binding.table_ident
+        )
+    )
     return sql.SQL(_FUNCTION_BODY).format(
-        alias=sql.Literal(binding.alias),
-        key=sql.Identifier(binding.key),
+        on_truncate=on_truncate,
+        alias=alias,
+        col=sql.Identifier(capture.column),
+        kind=sql.Literal(capture.kind),
+        source=sql.Literal(capture.source),
         notify=sql.SQL(_NOTIFY if notify else ""),
     )
 
 
 @dataclass(frozen=True)
 class TriggerDDL:
-    """The statements that install one binding's capture."""
+    """The statements that install one capture: its function, then its triggers."""
 
     alias: str
     function: str
     body: str
-    statements: tuple[sql.Composed, ...]
+    create_function: sql.Composed
+    # (trigger name, schema, table, statement); the name carries a digest of the
+    # definition, so a changed definition shows up as a missing trigger.
+    triggers: tuple[tuple[str, str, str, sql.Composed], ...]
+
+    @property
+    def statements(self) -> tuple[sql.Composed, ...]:
+        """Every statement, in order."""
+        return (self.create_function, *(t[3] for t in self.triggers))
 
 
-def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -> TriggerDDL:
-    """Build the function and trigger statements of one binding."""
-    fn = function_name(binding.alias)
-    row_trigger, truncate_trigger = trigger_names(binding.alias)
-    body = function_body(binding, notify).as_string(conn)
-    create_function = sql.SQL(
-        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}"
-    ).format(fn=sql.Identifier(SCHEMA, fn), body=sql.Literal(body))
-    create_row = sql.SQL(
-        "CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table} "
-        "FOR EACH ROW EXECUTE FUNCTION {fn}()"
-    ).format(
-        name=sql.Identifier(row_trigger), table=binding.table_ident, fn=sql.Identifier(SCHEMA, fn)
-    )
-    create_truncate = sql.SQL(
-        "CREATE OR REPLACE TRIGGER {name} AFTER TRUNCATE ON {table} "
-        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
-    ).format(
-        name=sql.Identifier(truncate_trigger),
-        table=binding.table_ident,
-        fn=sql.Identifier(SCHEMA, fn),
-    )
-    return TriggerDDL(binding.alias, fn, body, (create_function, create_row, create_truncate))
+def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -> list[TriggerDDL]:
+    """Build the function and trigger statements of every capture of one binding."""
+    result = []
+    for capture in captures(binding):
+        fn = sql.Identifier(SCHEMA, capture.function)
+        table = sql.Identifier(capture.schema, capture.table)
+        body = function_body(binding, capture, notify).as_string(conn)
+        create_function = sql.SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}"
+        ).format(fn=fn, body=sql.Literal(body))
+        events: sql.Composable = sql.SQL("INSERT OR UPDATE OR DELETE")
+        if capture.watch is not None:
+            events = sql.SQL("INSERT OR DELETE OR UPDATE OF {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, capture.watch))
+            )
+        triggers = []
+        for level, what in (("row", events), ("truncate", sql.SQL("TRUNCATE"))):
+            each = "ROW" if level == "row" else "STATEMENT"
+            definition = sql.SQL(
+                "AFTER {what} ON {table} FOR EACH {each} EXECUTE FUNCTION {fn}()"
+            ).format(what=what, table=table, each=sql.SQL(each), fn=fn)
+            text = definition.as_string(conn)
+            name = f"indexsync_{_slug(capture.function)}_{level}_{_digest(text)}"
+            statement = sql.SQL("CREATE OR REPLACE TRIGGER {} {}").format(
+                sql.Identifier(name), definition
+            )
+            triggers.append((name, capture.schema, capture.table, statement))
+        result.append(
+            TriggerDDL(binding.alias, capture.function, body, create_function, tuple(triggers))
+        )
+    return result
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
 _EXISTING_FUNCTIONS = """
@@ -194,6 +268,7 @@ class Change:
     index_name: str
     doc_id: str | None
     kind: str
+    source: str | None
 
 
 # Claim and acknowledge in one round trip: the rows are deleted now, but the delete only
@@ -204,7 +279,7 @@ DELETE FROM indexsync.outbox
 WHERE seq IN (
     SELECT seq FROM indexsync.outbox ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
-RETURNING seq, index_name, doc_id, kind
+RETURNING seq, index_name, doc_id, kind, source
 """
 
 
@@ -215,15 +290,22 @@ def claim(conn: psycopg.Connection[Any], limit: int) -> list[Change]:
         return [Change(*row) for row in cur.fetchall()]
 
 
-# In-place rebuilds write through the alias already, so they need no second target.
-REBUILDS = "SELECT alias, target, watermark FROM indexsync.rebuilds WHERE NOT in_place"
+# The batch's version, drawn after its claim and before its re-read, and the rebuilds in
+# progress (in-place rebuilds write through the alias already, so they need no second target).
+BATCH_CONTEXT = """
+SELECT nextval('indexsync.change_seq'),
+       ARRAY(SELECT alias FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias),
+       ARRAY(SELECT target FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias)
+"""
 
 
-def rebuild_targets(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """Physical indexes being rebuilt, by alias: workers write changes to them too."""
+def batch_context(conn: psycopg.Connection[Any]) -> tuple[int, dict[str, str]]:
+    """The version of this batch's writes, and the rebuild target of each alias."""
     with conn.cursor() as cur:
-        cur.execute(REBUILDS, prepare=True)
-        return {alias: target for alias, target, _ in cur.fetchall()}
+        cur.execute(BATCH_CONTEXT, prepare=True)
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0]), dict(zip(row[1], row[2], strict=True))
 
 
 INSERT_DEAD_LETTER = """
@@ -329,8 +411,7 @@ SELECT EXISTS (SELECT 1 FROM indexsync.outbox WHERE index_name = %s AND doc_id =
 NEXT_SEQ = "SELECT nextval('indexsync.change_seq')"
 
 REQUEUE = """
-INSERT INTO indexsync.outbox (seq, index_name, doc_id)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[])
+INSERT INTO indexsync.outbox (index_name, doc_id) SELECT * FROM unnest(%s::text[], %s::text[])
 """
 
 # A document that landed at version v no longer needs the dead letters of older versions.
@@ -341,14 +422,11 @@ WHERE d.index_name = u.index_name AND d.doc_id = u.doc_id AND d.seq < u.version
 """
 
 
-def requeue(conn: psycopg.Connection[Any], items: dict[tuple[str, str], int]) -> None:
-    """Put claimed changes back under their own seq (their claim is being acknowledged)."""
+def requeue(conn: psycopg.Connection[Any], items: set[tuple[str, str]]) -> None:
+    """Put documents back in the outbox (their claim is being acknowledged)."""
     if items:
-        keys = list(items)
-        conn.execute(
-            REQUEUE,
-            ([items[k] for k in keys], [k[0] for k in keys], [k[1] for k in keys]),
-        )
+        keys = sorted(items)
+        conn.execute(REQUEUE, ([k[0] for k in keys], [k[1] for k in keys]))
 
 
 def clear_dead_letters(conn: psycopg.Connection[Any], landed: dict[tuple[str, str], int]) -> None:

@@ -238,22 +238,20 @@ class Worker:
                 changes = outbox.claim(conn, self.settings.batch_size)
                 if not changes:
                     return 0
-                # Read after the claim, never before: the claim gives this transaction an
-                # xid, so a rebuild that starts after this read waits for the batch to end
-                # (reindex's snapshot wait) and any change it misses is in its scan.
-                targets = outbox.rebuild_targets(conn)
-                ops = self._build_ops(conn, changes, targets)
+                # Drawn after the claim and before the re-read, so a larger version always
+                # carries a newer read (see the README's design notes). Rebuilds are read
+                # here too, never before the claim: the claim gave this transaction an xid,
+                # so a rebuild recorded after this read waits for the batch to end.
+                version, rebuilds = outbox.batch_context(conn)
+                ops = self._build_ops(conn, changes, rebuilds, version)
                 read_at = time.monotonic()
                 written = self.writer.write(ops, read_at, defer=True)
                 # Older dead letters of these documents are obsolete: they landed since, or
                 # failed again and get a fresh letter just below.
                 outbox.clear_dead_letters(conn, _settled(ops, written))
                 outbox.add_dead_letters(conn, written.dead)
-                if written.deferred:
-                    # Back into the outbox with their own seq, for a later batch to retry.
-                    outbox.requeue(
-                        conn, {(op.alias, op.doc_id): op.version for op in written.deferred}
-                    )
+                # Items refused for too long go back into the outbox for a later batch.
+                outbox.requeue(conn, {(op.alias, op.doc_id) for op in written.deferred})
         except psycopg.Error as exc:
             raise db.translate(exc) from exc
         with self._lock:
@@ -267,33 +265,44 @@ class Worker:
         conn: psycopg.Connection[Any],
         changes: Sequence[outbox.Change],
         rebuilds: dict[str, str],
+        version: int,
     ) -> list[Op]:
         ops: list[Op] = []
         for alias, work in documents.plan(changes).items():
             binding = self.bindings.get(alias)
             if binding is None:
                 # A binding removed from the file: its changes have nowhere to go.
-                log.warning("outbox.unbound_index", index=alias, changes=len(work.versions))
+                log.warning("outbox.unbound_index", index=alias, changes=len(work.ids))
                 continue
             targets = [(alias, True)]
             if alias in rebuilds:
                 targets.append((rebuilds[alias], False))
-            if work.versions:
-                docs = documents.fetch_documents(conn, binding, list(work.versions))
-                ops.extend(documents.build_ops(alias, targets, work.versions, docs))
-            if work.truncate_seq is not None:
-                ops.extend(self._truncate_ops(alias, targets, work.truncate_seq))
+            ids = set(work.ids)
+            for source, keys in work.keys.items():
+                dep = binding.dependency(source)
+                if dep is None or dep.expand is None:
+                    log.warning("outbox.unbound_dependency", index=alias, table=source)
+                    continue
+                ids |= documents.expand_dependency(conn, dep, keys)
+            if ids:
+                docs = documents.fetch_documents(conn, binding, sorted(ids))
+                ops.extend(documents.build_ops(alias, targets, ids, docs, version))
+            if work.truncate:
+                ops.extend(self._truncate_ops(alias, targets, version, skip=ids))
         return ops
 
-    def _truncate_ops(self, alias: str, targets: list[tuple[str, bool]], seq: int) -> list[Op]:
-        # Versioned deletes at the marker's seq: anything written after the TRUNCATE has a
-        # larger version and refuses the delete with a 409.
+    def _truncate_ops(
+        self, alias: str, targets: list[tuple[str, bool]], version: int, skip: set[str]
+    ) -> list[Op]:
+        # Versioned deletes at this batch's version: anything written after the TRUNCATE
+        # carries a larger version and refuses the delete with a 409. Ids this batch writes
+        # anyway are skipped: their write at the same version already says what is true.
         ops = []
         for target, _ in targets:
             for hit in self.search.scan(target, source=False):
-                if int(hit.get("_version", 0)) < seq:
-                    ops.append(Op(alias, target, hit["_id"], seq, None))
-        log.info("batch.truncate", index=alias, seq=seq, deletes=len(ops))
+                if hit["_id"] not in skip and int(hit.get("_version", 0)) < version:
+                    ops.append(Op(alias, target, hit["_id"], version, None))
+        log.info("batch.truncate", index=alias, version=version, deletes=len(ops))
         return ops
 
     def _count(

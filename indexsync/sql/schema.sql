@@ -6,12 +6,14 @@ CREATE SCHEMA IF NOT EXISTS indexsync;
 CREATE SEQUENCE IF NOT EXISTS indexsync.change_seq AS bigint CACHE 1;
 
 -- Append-only: triggers only ever INSERT here, so writers never wait on each other or on
--- the worker. kind 'd' names a document; kind 't' is a TRUNCATE marker (doc_id is NULL).
+-- the worker. kind 'd' names a document; kind 't' is a TRUNCATE marker (doc_id is NULL);
+-- kind 'k' is the key of a row of the dependent table `source`, mapped to documents later.
 CREATE TABLE IF NOT EXISTS indexsync.outbox (
     seq bigint PRIMARY KEY DEFAULT nextval('indexsync.change_seq'),
     index_name text NOT NULL,
     doc_id text,
     kind "char" NOT NULL DEFAULT 'd',
+    source text,
     created_at timestamptz NOT NULL DEFAULT now()
 ) WITH (
     -- A queue table: vacuum it early and often so claims stay index scans over few dead rows.
