@@ -114,6 +114,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         search.close()
     for line in result.checked:
         print(f"ok      {line}")
+    for line in result.warnings:
+        print(f"WARNING {line}")
     for line in result.problems:
         print(f"FAILED  {line}")
     return 0 if result.ok else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from indexsync import db, outbox
+from indexsync import db, documents, outbox
 from indexsync.bindings import Binding, BindingsFile, load_mapping, resolve
 from indexsync.errors import ConfigError, IndexsyncError, SearchError
 from indexsync.logs import get_logger
@@ -232,6 +233,7 @@ class CheckResult:
 
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -250,6 +252,9 @@ def check(settings: Settings, spec: BindingsFile, search: Search) -> CheckResult
             conn.execute("SET TRANSACTION READ ONLY")
             bindings = resolve(conn, spec, settings.config)
             result.checked.append("tables, keys, columns and conditions exist in PostgreSQL")
+            for binding in bindings.values():
+                if binding.query is not None:
+                    _check_plan(conn, binding, result)
             row = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
             if not row or not row[0]:
                 result.problems.append("schema 'indexsync' is missing: run `indexsync install`")
@@ -268,6 +273,23 @@ def check(settings: Settings, spec: BindingsFile, search: Search) -> CheckResult
         else:
             result.checked.append(f"alias {alias!r} -> {targets[0]}")
     return result
+
+
+def _check_plan(conn: psycopg.Connection[Any], binding: Binding, result: CheckResult) -> None:
+    # With sequential scans priced out, a Seq Scan left on the root table means the id
+    # filter cannot reach its key index: every batch would read the whole table.
+    conn.execute("SET LOCAL enable_seqscan = off")
+    plan = conn.execute(documents.id_filter_plan_query(binding), {"ids": ["0"]}).fetchall()
+    conn.execute("RESET enable_seqscan")
+    text = "\n".join(str(row[0]) for row in plan)
+    if re.search(rf"Seq Scan on {re.escape(binding.table)}\b", text):
+        result.warnings.append(
+            f"index {binding.alias!r}: the id filter cannot reach the key index of "
+            f"{binding.display} through the query (a LIMIT, OFFSET, DISTINCT or window "
+            "function blocks it?): every batch will scan the whole table"
+        )
+    else:
+        result.checked.append(f"index {binding.alias!r}: the query's id filter uses an index")
 
 
 def _check_triggers(

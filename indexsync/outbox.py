@@ -168,7 +168,9 @@ def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -
                 "AFTER {what} ON {table} FOR EACH {each} EXECUTE FUNCTION {fn}()"
             ).format(what=what, table=table, each=sql.SQL(each), fn=fn)
             text = definition.as_string(conn)
-            name = f"indexsync_{_slug(capture.function)}_{level}_{_digest(text)}"
+            # At most 63 bytes, or PostgreSQL would cut the name and never match it again.
+            readable = re.sub(r"[^a-z0-9_]", "_", capture.table.lower())[:20]
+            name = f"indexsync_{readable}_{_digest(capture.function)}_{level[0]}_{_digest(text)}"
             statement = sql.SQL("CREATE OR REPLACE TRIGGER {} {}").format(
                 sql.Identifier(name), definition
             )
