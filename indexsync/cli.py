@@ -9,12 +9,14 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from indexsync import __version__, db, logs, outbox, verify
 from indexsync.bindings import Binding, BindingsFile, load_bindings, resolve
 from indexsync.errors import ConfigError, IndexsyncError
 from indexsync.install import check, install, print_sql, uninstall
+from indexsync.metrics import Monitor, ping_search
 from indexsync.reindex import run_reindex
 from indexsync.search import Search, make_client
 from indexsync.settings import Settings, load_settings
@@ -75,8 +77,22 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     search = _search(settings)
+    monitor = Monitor(
+        connect=partial(db.connect, settings, autocommit=True, role="health"),
+        aliases=list(bindings),
+        ping=ping_search(search, min(settings.elasticsearch_request_timeout, 5.0)),
+        port=settings.metrics_port,
+        host=settings.metrics_host,
+        stall_seconds=settings.stall_seconds,
+        interval=settings.health_interval,
+    )
     try:
-        with Worker(settings, bindings, search, stop) as worker:
+        with (
+            monitor,
+            Worker(
+                settings, bindings, search, stop, metrics=monitor.metrics, health=monitor.health
+            ) as worker,
+        ):
             worker.run(until_idle=args.until_idle)
     finally:
         search.close()

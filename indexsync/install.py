@@ -90,6 +90,7 @@ def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], obj
             bindings = resolve(conn, spec, settings.config)
             ddl = _desired_ddl(conn, bindings, settings.notify)
             write("BEGIN;\n")
+            write(f"{outbox.CREATE_SCHEMA_IF_MISSING};\n")
             write(outbox.schema_sql())
             write(
                 sql.SQL(outbox.SET_META.replace("%s", "{}"))
@@ -118,6 +119,11 @@ def install(
         try:
             with db.translated(), conn.transaction():
                 conn.execute(_LOCK_TIMEOUT)
+                # Only when missing: CREATE SCHEMA IF NOT EXISTS checks the CREATE right on
+                # the database even when the schema exists, and a DBA may have made it.
+                exists = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
+                if not exists or not exists[0]:
+                    conn.execute(outbox.CREATE_SCHEMA)
                 conn.execute(outbox.schema_sql())
                 bindings = resolve(conn, spec, settings.config)
                 new_aliases = _ensure_indexes(settings, search, bindings, mappings, report)
@@ -194,17 +200,20 @@ def _converge_triggers(
             if (name, schema, table) not in present:
                 conn.execute(statement)
                 report.statements += 1
-    # Triggers of removed bindings, or of an older definition, go; so do their functions.
-    for trigger in triggers:
-        if (trigger.name, trigger.schema, trigger.table) not in wanted:
-            conn.execute(outbox.drop_trigger(trigger))
-            report.dropped_triggers.append(f"{trigger.schema}.{trigger.table}.{trigger.name}")
-            report.statements += 1
+    # Functions of removed bindings go with their triggers (a cascade, which needs no
+    # ownership of the tables); triggers of an older definition of a kept one go by name.
     wanted_functions = {item.function for item in desired}
     for name in functions:
         if name.startswith("capture_") and name not in wanted_functions:
             conn.execute(outbox.drop_function(name))
             report.statements += 1
+    for trigger in triggers:
+        if (trigger.name, trigger.schema, trigger.table) in wanted:
+            continue
+        if trigger.function in wanted_functions:
+            conn.execute(outbox.drop_trigger(trigger))
+            report.statements += 1
+        report.dropped_triggers.append(f"{trigger.schema}.{trigger.table}.{trigger.name}")
 
 
 def uninstall(settings: Settings) -> list[str]:
@@ -216,10 +225,9 @@ def uninstall(settings: Settings) -> list[str]:
             exists = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
             if not exists or not exists[0]:
                 return []
-            dropped = []
-            for trigger in outbox.installed_triggers(conn):
-                conn.execute(outbox.drop_trigger(trigger))
-                dropped.append(f"{trigger.schema}.{trigger.table}.{trigger.name}")
+            dropped = [f"{t.schema}.{t.table}.{t.name}" for t in outbox.installed_triggers(conn)]
+            # The triggers depend on the schema's functions, so the cascade takes them too,
+            # and the schema's owner needs no ownership of the tables.
             conn.execute(outbox.DROP_SCHEMA)
     finally:
         conn.close()

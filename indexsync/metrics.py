@@ -516,6 +516,7 @@ class StatusPoller:
         self.interval = interval
         self.query_timeout = query_timeout
         self.checks = 0
+        self._up: dict[Server, bool] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -571,15 +572,13 @@ class StatusPoller:
             # Whatever failed, start from a fresh connection next time.
             self._close()
             self.health.database_ok(False, reason)
-            if self.metrics is not None:
-                self.metrics.set_server_up("postgresql", False)
-            log.warning("health.database_unavailable", error=redact(reason))
+            self._report("postgresql", reason)
             return
         if self.metrics is not None:
             self.metrics.observe_status(rows)
-            self.metrics.set_server_up("postgresql", True)
         self.health.progress(sum(row.backlog for row in rows))
         self.health.database_ok(True)
+        self._report("postgresql", None)
 
     def _status(self) -> list[IndexStatus]:
         if self._conn is None or self._conn.closed:
@@ -603,13 +602,21 @@ class StatusPoller:
             # The ping is whatever callable we were given: any failure means "not reachable".
             reason = str(exc) or type(exc).__name__
             self.health.search_ok(False, reason)
-            if self.metrics is not None:
-                self.metrics.set_server_up("elasticsearch", False)
-            log.warning("health.search_unavailable", error=redact(reason))
+            self._report("elasticsearch", reason)
             return
         self.health.search_ok(True)
+        self._report("elasticsearch", None)
+
+    def _report(self, server: Server, failure: str | None) -> None:
         if self.metrics is not None:
-            self.metrics.set_server_up("elasticsearch", True)
+            self.metrics.set_server_up(server, failure is None)
+        # Log changes of state only: an outage must not write a line every few seconds.
+        was_up = self._up.get(server)
+        self._up[server] = failure is None
+        if failure is not None and was_up is not False:
+            log.warning("health.server_down", server=server, error=redact(failure))
+        elif failure is None and was_up is False:
+            log.info("health.server_up", server=server)
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -37,6 +37,7 @@ def _slug(name: str) -> str:
 # table with `key` records the document id it holds; one with `sql` records its own key
 # (kind 'k'), which the worker maps to document ids. {col} is the recorded column.
 _FUNCTION_BODY: LiteralString = """
+-- indexsync capture, format 2 (security definer)
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         {on_truncate}
@@ -154,7 +155,10 @@ def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -
         table = sql.Identifier(capture.schema, capture.table)
         body = function_body(binding, capture, notify).as_string(conn)
         create_function = sql.SQL(
-            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {body}"
+            # SECURITY DEFINER: roles that write the tables need no rights on the indexsync
+            # schema; the fixed search_path keeps them from steering what the body calls.
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
         ).format(fn=fn, body=sql.Literal(body))
         events: sql.Composable = sql.SQL("INSERT OR UPDATE OR DELETE")
         if capture.watch is not None:
@@ -234,7 +238,7 @@ def drop_trigger(trigger: InstalledTrigger) -> sql.Composed:
 
 def drop_function(name: str) -> sql.Composed:
     """The statement that removes one capture function."""
-    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(SCHEMA, name))
+    return sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(sql.Identifier(SCHEMA, name))
 
 
 BACKFILL = sql.SQL(
@@ -255,6 +259,8 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 WHERE meta.value IS DISTINCT FROM EXCLUDED.value
 """
 GET_META = "SELECT value FROM indexsync.meta WHERE key = %s"
+CREATE_SCHEMA = "CREATE SCHEMA indexsync"
+CREATE_SCHEMA_IF_MISSING = "CREATE SCHEMA IF NOT EXISTS indexsync"
 SCHEMA_EXISTS = "SELECT to_regnamespace('indexsync') IS NOT NULL"
 DROP_SCHEMA = "DROP SCHEMA IF EXISTS indexsync CASCADE"
 

@@ -101,6 +101,30 @@ class Settings(BaseSettings):
     connect_timeout: int = Field(
         default=10, ge=1, description="Seconds to wait when connecting to PostgreSQL."
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the `/metrics`, `/healthz` and `/readyz` HTTP server of "
+        "`indexsync run`; 0 turns it off. The Docker image uses 9740.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics server listens on; `0.0.0.0` to be reachable from "
+        "other hosts (the Docker image sets it).",
+    )
+    stall_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="`/readyz` fails when the backlog has neither emptied, shrunk, nor had a "
+        "batch complete for this long.",
+    )
+    health_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between the checks behind `/readyz` and the backlog metrics.",
+    )
 
     @field_validator("elasticsearch_url", mode="before")
     @classmethod
@@ -134,6 +158,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "INDEXSYNC_MAX_READ_AGE must be at most half of INDEXSYNC_GC_DELETES, so that "
                 "delete tombstones outlive every read that could be sent"
+            )
+        if self.stall_seconds < 2 * self.health_interval:
+            raise ConfigError(
+                "INDEXSYNC_STALL_SECONDS must be at least twice INDEXSYNC_HEALTH_INTERVAL, "
+                "so that a stall is seen over more than one check"
             )
 
 

@@ -17,6 +17,7 @@ from indexsync.bindings import Binding
 from indexsync.documents import Op
 from indexsync.errors import DatabaseUnavailable, IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
+from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Health, Metrics
 from indexsync.outbox import DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
@@ -63,11 +64,16 @@ class Worker:
         bindings: dict[str, Binding],
         search: Search,
         stop: threading.Event | None = None,
+        *,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.bindings = bindings
         self.search = search
         self.stop = stop or threading.Event()
+        self.metrics = metrics
+        self.health = health
         self.totals = Totals()
         self._recorded_at = time.monotonic()
         self._lock = threading.Lock()
@@ -173,12 +179,16 @@ class Worker:
             except DatabaseUnavailable as exc:
                 failures += 1
                 self.totals.reconnects += 1
+                if self.metrics is not None:
+                    self.metrics.reconnect("postgresql")
                 self._disconnect()
                 delay = backoff(failures, self.settings.retry_max_delay)
                 log.warning("worker.database_unavailable", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)
             except (SearchUnavailable, StaleRead) as exc:
                 failures += 1
+                if self.metrics is not None and isinstance(exc, SearchUnavailable):
+                    self.metrics.reconnect("elasticsearch")
                 delay = backoff(failures, self.settings.retry_max_delay)
                 log.warning("worker.search_unavailable", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)
@@ -258,6 +268,7 @@ class Worker:
             self.totals.conflicts += written.conflicts
             self.totals.retries += written.retried
             self._count(changes, ops, written.dead, started, read_at)
+        self._observe(changes, ops, written, started)
         return len(changes)
 
     def _build_ops(
@@ -304,6 +315,36 @@ class Worker:
                     ops.append(Op(alias, target, hit["_id"], version, None))
         log.info("batch.truncate", index=alias, version=version, deletes=len(ops))
         return ops
+
+    def _observe(
+        self,
+        changes: Sequence[outbox.Change],
+        ops: Sequence[Op],
+        written: WriteResult,
+        started: float,
+    ) -> None:
+        if self.health is not None:
+            self.health.batch_done()
+        if self.metrics is None:
+            return
+        counts: dict[str, BatchCounts] = {}
+        for change in changes:
+            counts.setdefault(change.index_name, BatchCounts()).changes += 1
+        refused = {(d.index_name, d.doc_id) for d in written.dead}
+        refused |= {(op.alias, op.doc_id) for op in written.deferred}
+        for op in ops:
+            if op.index != op.alias or (op.alias, op.doc_id) in refused:
+                continue  # a rebuild's second copy, or not landed
+            item = counts.setdefault(op.alias, BatchCounts())
+            if op.source is not None:
+                item.indexed += 1
+            else:
+                item.deleted += 1
+        for letter in written.dead:
+            counts.setdefault(letter.index_name, BatchCounts()).add_error(DEAD_LETTER)
+        for op in written.deferred:
+            counts.setdefault(op.alias, BatchCounts()).add_error(REQUEUED)
+        self.metrics.batch_done(time.monotonic() - started, counts)
 
     def _count(
         self,

@@ -1,5 +1,5 @@
--- The indexsync schema. Every statement is idempotent: `install` runs it on every call.
-CREATE SCHEMA IF NOT EXISTS indexsync;
+-- The indexsync schema's objects (the schema itself is created first, when missing).
+-- Every statement is idempotent: `install` runs it on every call.
 
 -- One sequence for every change. CACHE 1 matters: a cached sequence hands out values out of
 -- order across sessions, and versions must grow in commit order for any one row.
