@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +79,6 @@ class Worker:
         self._lock = threading.Lock()
         self._drained_at = time.monotonic()
         self._lane_conns: list[psycopg.Connection[Any]] = []
-        self._lane_failed = threading.Event()
         self._lanes = (
             ThreadPoolExecutor(settings.bulk_concurrency, thread_name_prefix="lane")
             if settings.bulk_concurrency > 1
@@ -222,19 +221,27 @@ class Worker:
         while len(self._lane_conns) < self.settings.bulk_concurrency - 1:
             self._lane_conns.append(db.connect(self.settings, autocommit=True, role="worker"))
         conns = [self._connect(listen=False), *self._lane_conns]
-        self._lane_failed.clear()
-        return first + sum(self._lanes.map(self._lane, conns))
+        failed = threading.Event()
+        futures = [self._lanes.submit(self._lane, conn, failed) for conn in conns]
+        # Every lane ends before this returns or raises: a connection is never shared by
+        # two threads, and a reconnect never closes one that a lane still uses.
+        wait(futures)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return first + sum(future.result() for future in futures)
 
-    def _lane(self, conn: psycopg.Connection[Any]) -> int:
+    def _lane(self, conn: psycopg.Connection[Any], failed: threading.Event) -> int:
         done = 0
         try:
-            while not (self.stop.is_set() or self._lane_failed.is_set()):
+            while not (self.stop.is_set() or failed.is_set()):
                 n = self.process_batch(conn)
                 done += n
                 if n < self.settings.batch_size:
                     break
         except BaseException:
-            self._lane_failed.set()
+            failed.set()
             raise
         return done
 
@@ -253,8 +260,10 @@ class Worker:
                 # here too, never before the claim: the claim gave this transaction an xid,
                 # so a rebuild recorded after this read waits for the batch to end.
                 version, rebuilds = outbox.batch_context(conn)
-                ops = self._build_ops(conn, changes, rebuilds, version)
+                # Taken before the re-read is sent: a pause while its answer is in flight
+                # must count towards the read's age (see max_read_age).
                 read_at = time.monotonic()
+                ops = self._build_ops(conn, changes, rebuilds, version)
                 written = self.writer.write(ops, read_at, defer=True)
                 # Older dead letters of these documents are obsolete: they landed since, or
                 # failed again and get a fresh letter just below.

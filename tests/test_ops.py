@@ -457,6 +457,7 @@ def test_poller_reconnects_after_losing_the_database(env: Env, search: Search) -
 
 def _compose() -> dict[str, Any]:
     import yaml  # PyYAML: a test dependency
+
     data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data

@@ -102,7 +102,8 @@ def test_renaming_an_author_updates_every_post_by_that_author_with_one_outbox_ro
     blog: Env,
 ) -> None:
     blog.sql(
-        "INSERT INTO posts (id, author_id, title) SELECT g, 1, 'bulk' FROM generate_series(100, 2099) g"
+        "INSERT INTO posts (id, author_id, title) "
+        "SELECT g, 1, 'bulk' FROM generate_series(100, 2099) g"
     )
     blog.sync()
     blog.sql("UPDATE authors SET name = 'Ada Lovelace' WHERE id = 1")
@@ -161,7 +162,8 @@ def test_watched_columns_make_unrelated_updates_free(env: Env) -> None:
 
 def test_reindex_and_verify_work_for_query_based_indexes(blog: Env) -> None:
     blog.sql(
-        "INSERT INTO posts (id, author_id, title) SELECT g, 2, 'more' FROM generate_series(200, 1500) g"
+        "INSERT INTO posts (id, author_id, title) "
+        "SELECT g, 2, 'more' FROM generate_series(200, 1500) g"
     )
     blog.sql("TRUNCATE indexsync.outbox")
     verify = blog.cli("verify", "--json")
@@ -196,8 +198,10 @@ def test_a_bad_dependency_is_refused(env: Env) -> None:
     env.sql(SCHEMA)
     alias = env.alias("posts")
     env.bindings(
-        f'[indexes.{alias}]\ntable = "posts"\nquery = "SELECT id, to_jsonb(p) AS doc FROM posts p"\n'
-        f'[[indexes.{alias}.depends]]\ntable = "authors"\nsql = "SELECT nope FROM posts WHERE author_id = ANY(%(keys)s)"\n'
+        f'[indexes.{alias}]\ntable = "posts"\n'
+        'query = "SELECT id, to_jsonb(p) AS doc FROM posts p"\n'
+        f'[[indexes.{alias}.depends]]\ntable = "authors"\n'
+        'sql = "SELECT nope FROM posts WHERE author_id = ANY(%(keys)s)"\n'
     )
     result = env.cli("install")
     assert result.returncode == 2
@@ -214,7 +218,8 @@ def test_root_child_and_lookup_changes_under_concurrent_writers_leave_zero_drift
     blog: Env,
 ) -> None:
     blog.sql(
-        "INSERT INTO posts (id, author_id, title) SELECT g, 1 + g % 2, 't' FROM generate_series(20, 300) g"
+        "INSERT INTO posts (id, author_id, title) "
+        "SELECT g, 1 + g % 2, 't' FROM generate_series(20, 300) g"
     )
     blog.sql("INSERT INTO authors SELECT g, 'author ' || g FROM generate_series(3, 20) g")
     worker = blog.spawn("run")
@@ -246,7 +251,8 @@ def test_root_child_and_lookup_changes_under_concurrent_writers_leave_zero_drift
                             )
                         elif op < 0.8:
                             conn.execute(
-                                "DELETE FROM post_tags WHERE id = (SELECT min(id) FROM post_tags WHERE post_id = %s)",
+                                "DELETE FROM post_tags WHERE id = "
+                                "(SELECT min(id) FROM post_tags WHERE post_id = %s)",
                                 (post,),
                             )
                         elif op < 0.9:

@@ -92,8 +92,7 @@ def test_a_key_change_removes_the_old_id_and_writes_the_new_one(posts: Env) -> N
 def test_many_updates_of_one_row_in_one_transaction_end_in_the_last_state(posts: Env) -> None:
     statements = ["BEGIN", "INSERT INTO posts (id, title) VALUES (1, 'v0')"]
     statements += [
-        f"UPDATE posts SET title = 'v{i}', views = {i} WHERE id = 1"  # noqa: S608
-        for i in range(1, 200)
+        f"UPDATE posts SET title = 'v{i}', views = {i} WHERE id = 1" for i in range(1, 200)
     ]
     statements.append("COMMIT")
     posts.sql(";".join(statements))
