@@ -225,3 +225,65 @@ def test_a_dropped_index_stops_the_worker_with_a_configuration_error(items: Env)
     assert "run `indexsync install`" in result.stderr
     # Nothing was lost: the change waits in the outbox.
     assert items.sql("SELECT count(*) FROM indexsync.outbox") == [(1,)]
+
+
+def test_quoted_capitalised_spaced_and_non_ascii_identifiers_work(env: Env) -> None:
+    env.sql(
+        'CREATE SCHEMA "Ünïcode Schema";'
+        'CREATE TABLE "Ünïcode Schema"."Odd ""Name"" Tab" ('
+        '  "Key ID" integer PRIMARY KEY, "Title Ç" text, "select" text, "x;DROP" text)'
+    )
+    alias = env.alias("odd")
+    env.bindings(
+        f"[indexes.{alias}]\n"
+        'table = \'"Ünïcode Schema"."Odd ""Name"" Tab"\'\n'
+        'columns = ["Key ID", "Title Ç", "select", "x;DROP"]\n'
+        "where = '\"Title Ç\" IS NOT NULL'\n"
+    )
+    env.install()
+    env.sql(
+        'INSERT INTO "Ünïcode Schema"."Odd ""Name"" Tab" '
+        "VALUES (1, 'é', 's', 'd'), (2, NULL, 's', 'd')"
+    )
+    env.sync()
+    assert env.docs("odd") == {"1": {"Key ID": 1, "Title Ç": "é", "select": "s", "x;DROP": "d"}}
+    env.sql('UPDATE "Ünïcode Schema"."Odd ""Name"" Tab" SET "Key ID" = 3 WHERE "Key ID" = 1')
+    env.sync()
+    assert set(env.docs("odd")) == {"3"}
+    assert env.cli("verify").returncode == 0
+
+
+def test_secrets_never_appear_in_logs_or_errors(items: Env) -> None:
+    alias = items.alias("items")
+    items.bindings(f'[indexes.{alias}]\ntable = "items"\n')
+    items.install()
+    items.sql("INSERT INTO items (id, title) VALUES (1, 'x')")
+    # Embedded PostgreSQL trusts local connections, so a password in the URL is accepted
+    # and carried through every connection the worker makes.
+    url = psycopg_url_with_password(items.database_url, "pg-secret-password")
+    secrets = {
+        "INDEXSYNC_DATABASE_URL": url,
+        "INDEXSYNC_ELASTICSEARCH_API_KEY": "es-secret-api-key",
+    }
+    outputs = []
+    for args in (("--debug", "run", "--until-idle"), ("--debug", "status"), ("check",)):
+        result = items.cli(*args, **secrets)
+        outputs.append(result.stdout + result.stderr)
+    # And the failure paths: a database that refuses, a search server that is down.
+    for extra in (
+        {"INDEXSYNC_DATABASE_URL": url.replace("127.0.0.1", "127.0.0.1:1", 1)},
+        {"INDEXSYNC_ELASTICSEARCH_URL": "http://127.0.0.1:1"},
+    ):
+        result = items.cli("--debug", "run", "--until-idle", **{**secrets, **extra})
+        assert result.returncode == 2
+        outputs.append(result.stdout + result.stderr)
+    text = "\n".join(outputs)
+    assert "batch.done" in text  # the worker really ran and logged
+    assert "pg-secret-password" not in text
+    assert "es-secret-api-key" not in text
+
+
+def psycopg_url_with_password(url: str, password: str) -> str:
+    import psycopg
+
+    return psycopg.conninfo.make_conninfo(url, password=password)
