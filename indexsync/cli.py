@@ -111,13 +111,18 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                     "indexsync is not installed in this database: run `indexsync install`"
                 )
             rows = collect(conn, list(spec.indexes))
+            for row in rows:
+                row.judge(settings.stall_seconds)
     finally:
         conn.close()
+    healthy = all(row.healthy for row in rows)
     if args.json:
-        print(json.dumps({"indexes": [row.as_json() for row in rows]}, indent=2))
+        print(
+            json.dumps({"indexes": [row.as_json() for row in rows], "healthy": healthy}, indent=2)
+        )
     else:
         print(render_table(rows))
-    return 0
+    return 0 if healthy else 1
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -320,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "status",
         cmd_status,
-        "Show backlog, lag, dead letters and rebuilds per index.",
+        "Show backlog, lag, dead letters, last success and rebuilds per index; exit 1 when "
+        "an index is unhealthy (a stalled backlog, dead letters).",
         "indexsync status --json",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -383,6 +383,13 @@ BACKLOG = """
 SELECT index_name, count(*), extract(epoch FROM now() - min(created_at))::float8
 FROM indexsync.outbox GROUP BY index_name
 """
+PROGRESS = "SELECT index_name, last_success_at FROM indexsync.progress"
+RECORD_PROGRESS = """
+INSERT INTO indexsync.progress (index_name, last_success_at)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[])
+ON CONFLICT (index_name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at
+WHERE progress.last_success_at < EXCLUDED.last_success_at
+"""
 DEAD_LETTER_COUNTS = "SELECT index_name, count(*) FROM indexsync.dead_letters GROUP BY index_name"
 REBUILD_STATUS = """
 SELECT alias, target, watermark, in_place, rows_done, rows_total, started_at, updated_at

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,12 +23,31 @@ class IndexStatus:
     rebuild_rows_done: int | None = None
     rebuild_rows_total: int | None = None
     rebuild_started_at: datetime | None = None
+    last_success_at: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether nothing is wrong with this index."""
+        return not self.problems
+
+    def judge(self, stall_seconds: float) -> None:
+        """Record what makes this index unhealthy."""
+        if self.oldest_pending_seconds is not None and self.oldest_pending_seconds > stall_seconds:
+            self.problems.append(
+                f"oldest pending change is {self.oldest_pending_seconds:.0f}s old "
+                f"(more than INDEXSYNC_STALL_SECONDS={stall_seconds:g}): is a worker running?"
+            )
+        if self.dead_letters:
+            self.problems.append(f"{self.dead_letters} dead letter(s): see `indexsync deadletters`")
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = asdict(self)
-        if self.rebuild_started_at is not None:
-            data["rebuild_started_at"] = self.rebuild_started_at.isoformat()
+        for key in ("rebuild_started_at", "last_success_at"):
+            value = getattr(self, key)
+            data[key] = value.isoformat() if value is not None else None
+        data["healthy"] = self.healthy
         return data
 
 
@@ -39,6 +58,8 @@ def collect(conn: psycopg.Connection[Any], aliases: list[str]) -> list[IndexStat
         item = found.setdefault(name, IndexStatus(name))
         item.backlog = count
         item.oldest_pending_seconds = round(age, 3) if age is not None else None
+    for name, at in conn.execute(outbox.PROGRESS).fetchall():
+        found.setdefault(name, IndexStatus(name)).last_success_at = at
     for name, count in conn.execute(outbox.DEAD_LETTER_COUNTS).fetchall():
         found.setdefault(name, IndexStatus(name)).dead_letters = count
     for alias, target, _, _, done, total, started, _ in conn.execute(
@@ -54,7 +75,7 @@ def collect(conn: psycopg.Connection[Any], aliases: list[str]) -> list[IndexStat
 
 def render_table(rows: list[IndexStatus]) -> str:
     """A readable table for a terminal."""
-    header = ("index", "backlog", "lag (s)", "dead letters", "rebuild")
+    header = ("index", "backlog", "lag (s)", "dead letters", "last success", "rebuild", "health")
     lines = [header]
     for row in rows:
         rebuild = "-"
@@ -62,7 +83,11 @@ def render_table(rows: list[IndexStatus]) -> str:
             total = f"/{row.rebuild_rows_total}" if row.rebuild_rows_total else ""
             rebuild = f"{row.rebuild_target} {row.rebuild_rows_done}{total} rows"
         lag = "-" if row.oldest_pending_seconds is None else f"{row.oldest_pending_seconds:.1f}"
-        lines.append((row.index, str(row.backlog), lag, str(row.dead_letters), rebuild))
+        last = f"{row.last_success_at:%Y-%m-%d %H:%M:%S}" if row.last_success_at else "-"
+        health = "ok" if row.healthy else "; ".join(row.problems)
+        lines.append(
+            (row.index, str(row.backlog), lag, str(row.dead_letters), last, rebuild, health)
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -28,8 +29,9 @@ log = get_logger(__name__)
 
 # Longest uninterrupted wait for a notification.
 _WAIT_SLICE = 0.25
-# How often the index learns the sequence's high-water mark (see versions.py).
-_RECORD_EVERY = 10.0
+# How often the index learns the sequence's high-water mark (see versions.py), and the
+# database when each index last had a batch land (for `status`).
+_RECORD_EVERY = 5.0
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Worker:
         self._recorded_at = time.monotonic()
         self._lock = threading.Lock()
         self._drained_at = time.monotonic()
+        self._succeeded: dict[str, datetime] = {}
         self._lane_conns: list[psycopg.Connection[Any]] = []
         self._lanes = (
             ThreadPoolExecutor(settings.bulk_concurrency, thread_name_prefix="lane")
@@ -143,13 +146,20 @@ class Worker:
             for alias in self.bindings:
                 versions.check_sequence(conn, self.search, alias)
 
-    def _record_versions(self, force: bool = False) -> None:
+    def _record_progress(self, force: bool = False) -> None:
         # The sequence's current value bounds every version written so far; keeping it in
         # the index lets a later start notice a database that went back in time.
         now = time.monotonic()
         if self._conn is None or (not force and now - self._recorded_at < _RECORD_EVERY):
             return
         self._recorded_at = now
+        with self._lock:
+            succeeded, self._succeeded = self._succeeded, {}
+        if succeeded:
+            with db.translated():
+                self._conn.execute(
+                    outbox.RECORD_PROGRESS, (list(succeeded), list(succeeded.values()))
+                )
         with db.translated():
             row = self._conn.execute(outbox.LAST_SEQ).fetchone()
         seq = int(row[0]) if row else 0
@@ -171,7 +181,7 @@ class Worker:
                 # Drain first: notifications sent while we were away are lost, the outbox is not.
                 self.drain()
                 failures = 0
-                self._record_versions(force=until_idle)
+                self._record_progress(force=until_idle)
                 if until_idle:
                     break
                 self._wait()
@@ -192,7 +202,7 @@ class Worker:
                 log.warning("worker.search_unavailable", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)
         with contextlib.suppress(IndexsyncError):
-            self._record_versions(force=True)
+            self._record_progress(force=True)
         log.info("worker.stopped", batches=self.totals.batches, changes=self.totals.changes)
         return self.totals
 
@@ -273,7 +283,10 @@ class Worker:
                 outbox.requeue(conn, {(op.alias, op.doc_id) for op in written.deferred})
         except psycopg.Error as exc:
             raise db.translate(exc) from exc
+        landed_at = datetime.now(UTC)
         with self._lock:
+            for change in changes:
+                self._succeeded[change.index_name] = landed_at
             self.totals.conflicts += written.conflicts
             self.totals.retries += written.retried
             self._count(changes, ops, written.dead, started, read_at)

@@ -202,6 +202,8 @@ def test_a_document_the_server_rejects_is_dead_lettered_and_retried_after_the_fi
     assert "strict" in error_type and "colour" in reason
     listing = items.cli("deadletters")
     assert "99" in listing.stdout and "strict" in listing.stdout
+    unhealthy = items.cli("status")
+    assert unhealthy.returncode == 1 and "1 dead letter(s)" in unhealthy.stdout
 
     items.es.indices.put_mapping(
         index=alias,

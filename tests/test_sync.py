@@ -340,6 +340,17 @@ def test_status_reports_backlog_and_lag(posts: Env) -> None:
     assert row["index"] == posts.alias("posts") and row["backlog"] == 5
     assert row["oldest_pending_seconds"] >= 0.2
     posts.sync()
-    (row,) = json.loads(posts.cli("status", "--json").stdout)["indexes"]
+    after = posts.cli("status", "--json")
+    assert after.returncode == 0
+    (row,) = json.loads(after.stdout)["indexes"]
     assert row["backlog"] == 0 and row["oldest_pending_seconds"] is None
+    assert row["last_success_at"] is not None and row["healthy"] is True
     assert posts.alias("posts") in posts.cli("status").stdout
+
+
+def test_status_exits_1_when_the_backlog_is_stalled(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'x')")
+    time.sleep(1.2)
+    result = posts.cli("status", INDEXSYNC_STALL_SECONDS="1", INDEXSYNC_HEALTH_INTERVAL="0.5")
+    assert result.returncode == 1
+    assert "is a worker running?" in result.stdout

@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS indexsync.rebuilds (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- When each index last had a batch land, as workers report it (every few seconds at most).
+CREATE TABLE IF NOT EXISTS indexsync.progress (
+    index_name text PRIMARY KEY,
+    last_success_at timestamptz NOT NULL
+);
+
 -- Install-time facts the worker must agree with (notify mode, schema version).
 CREATE TABLE IF NOT EXISTS indexsync.meta (
     key text PRIMARY KEY,
