@@ -27,6 +27,9 @@ class BenchConfig:
     sync_rows: int = 200_000
     # A full rebuild of this many rows.
     reindex_rows: int = 1_000_000
+    # A lookup row used by this many documents, renamed this many times.
+    fanout_docs: int = 100_000
+    fanout_rounds: int = 200
     # pgbench: table size, clients, alternating rounds per mode, seconds per round.
     tps_rows: int = 100_000
     tps_clients: int = 8
@@ -61,6 +64,7 @@ class BenchConfig:
             scale=scale,
             sync_rows=int(_scaled(full.sync_rows, scale, 2_000)),
             reindex_rows=int(_scaled(full.reindex_rows, scale, 5_000)),
+            fanout_docs=int(_scaled(full.fanout_docs, scale, 5_000)),
             tps_rows=int(_scaled(full.tps_rows, scale, 1_000)),
             tps_round_s=round(_scaled(full.tps_round_s, scale, 1.0), 2),
             latency_s=round(_scaled(full.latency_s, scale, 3.0), 2),

@@ -19,7 +19,7 @@ from types import FrameType
 
 import structlog
 
-from bench import latency, rebuild, recipe, throughput, writes
+from bench import fanout, latency, rebuild, recipe, throughput, writes
 from bench.config import BenchConfig, BenchConfigError
 from bench.console import elapsed, say
 from bench.procs import ProcessGroup
@@ -153,6 +153,28 @@ def run_reindex(
     results.details["reindex"] = details
 
 
+def run_fanout(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> None:
+    """The writer's cost of a lookup-row change that fans out to many documents."""
+    ws = Workspace.create("fanout", servers, procs, workdir)
+    found = fanout.measure_fanout(ws, cfg.fanout_docs, cfg.fanout_rounds)
+    results.add(
+        "fanout_write_ratio",
+        found["ratio"],
+        {
+            "documents": cfg.fanout_docs,
+            "rounds": cfg.fanout_rounds,
+            "outbox_rows_per_update": found["outbox_rows"] / found["updates"],
+            "method": "median single-row UPDATE commit time of a lookup row (an `sql` "
+            "dependency) used by fanout_docs documents / of one used by 1 document, "
+            "alternating; no NOTIFY, no worker running",
+            **_servers_input(servers),
+        },
+    )
+    results.details["fanout"] = found
+
+
 def run_writes(
     servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
 ) -> None:
@@ -273,6 +295,7 @@ def run(cfg: BenchConfig, workdir: Path) -> Results:
         ceiling = results.figures["bulk_ceiling_docs_per_s"]
         run_reindex(servers, procs, workdir, cfg, results, ceiling)
         run_writes(servers, procs, workdir, cfg, results)
+        run_fanout(servers, procs, workdir, cfg, results)
         rss += run_latency(servers, procs, workdir, cfg, results)
         rss += run_recipe(servers, procs, workdir, cfg, results)
         results.add(

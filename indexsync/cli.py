@@ -61,13 +61,7 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or until idle)."""
-    spec = _bindings(settings)
-    conn = db.connect(settings, autocommit=True, role="worker")
-    try:
-        with db.translated():
-            bindings = resolve(conn, spec, settings.config)
-    finally:
-        conn.close()
+    bindings, _ = _selected(settings, [])
     stop = threading.Event()
 
     def on_signal(signum: int, _: Any) -> None:

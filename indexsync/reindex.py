@@ -158,12 +158,7 @@ class Reindexer:
         self.stream = stream if stream is not None else sys.stderr
         self.wait_timeout = wait_timeout
         self.on_chunk = on_chunk
-        self.writer = BulkWriter(
-            search,
-            concurrency=settings.bulk_concurrency,
-            max_bytes=settings.bulk_max_bytes,
-            max_read_age=settings.max_read_age,
-        )
+        self.writer = BulkWriter.from_settings(search, settings)
 
     def close(self) -> None:
         """Release threads."""

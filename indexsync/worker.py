@@ -90,12 +90,7 @@ class Worker:
         self._recorded_seq = 0
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
-        self.writer = BulkWriter(
-            search,
-            concurrency=settings.bulk_concurrency,
-            max_bytes=settings.bulk_max_bytes,
-            max_read_age=settings.max_read_age,
-        )
+        self.writer = BulkWriter.from_settings(search, settings)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from indexsync.errors import IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
 from indexsync.outbox import DeadLetter
 from indexsync.search import ItemResult, Outcome, RequestTooLarge, Search
+from indexsync.settings import Settings
 
 log = get_logger(__name__)
 
@@ -56,6 +57,16 @@ class BulkWriter:
         self.max_bytes = max_bytes
         self.max_read_age = max_read_age
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bulk")
+
+    @classmethod
+    def from_settings(cls, search: Search, settings: Settings) -> BulkWriter:
+        """A writer tuned by the user's settings."""
+        return cls(
+            search,
+            concurrency=settings.bulk_concurrency,
+            max_bytes=settings.bulk_max_bytes,
+            max_read_age=settings.max_read_age,
+        )
 
     def close(self) -> None:
         """Stop the sending threads."""
