@@ -112,10 +112,18 @@ class Progress:
         return f"{self.alias} {self.done} rows {rate:,.0f} rows/s "
 
     def finish(self) -> None:
-        """End the bar."""
+        """End the bar, or log the final count."""
         if self.tty:
             self.stream.write("\r" + self._line() + "\n")
             self.stream.flush()
+        else:
+            log.info(
+                "reindex.progress",
+                index=self.alias,
+                rows_done=self.done,
+                rows_total=self.total,
+                rows_per_s=round(self.rate()),
+            )
 
 
 @dataclass

@@ -289,3 +289,12 @@ def psycopg_url_with_password(url: str, password: str) -> str:
     import psycopg
 
     return psycopg.conninfo.make_conninfo(url, password=password)
+
+
+def test_a_composite_primary_key_is_refused_clearly(env: Env) -> None:
+    env.sql("CREATE TABLE pairs (a integer, b integer, PRIMARY KEY (a, b))")
+    env.bindings(f'[indexes.{env.alias("pairs")}]\ntable = "pairs"\n')
+    result = env.cli("install")
+    assert result.returncode == 2
+    assert "composite primary key (a, b)" in result.stderr and "'table'" in result.stderr
+    assert_nothing_installed(env, env.alias("pairs"))

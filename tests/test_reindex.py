@@ -307,3 +307,16 @@ def test_a_database_whose_sequence_went_backwards_is_detected(posts: Env) -> Non
 def test_unknown_alias_on_the_command_line_is_a_usage_error(posts: Env) -> None:
     result = posts.cli("reindex", "nope")
     assert result.returncode == 2 and "'nope'" in result.stderr
+
+
+def test_keep_old_keeps_the_previous_index_and_progress_is_reported(posts: Env) -> None:
+    alias = posts.alias("posts")
+    posts.sql("INSERT INTO posts (id, title) SELECT g, 'x' FROM generate_series(1, 300) g")
+    result = posts.cli("reindex", "--keep-old", "--chunk-size", "100")
+    assert result.returncode == 0, result.stderr
+    assert posts.es.indices.exists(index=f"{alias}-1").body
+    assert posts.es.indices.get_alias(name=alias).body.keys() == {f"{alias}-2"}
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    progress = [e for e in events if e["event"] == "reindex.progress"]
+    assert progress and progress[-1]["rows_done"] == 300 and progress[-1]["rows_total"] == 300
+    assert "rows_per_s" in progress[-1]
