@@ -19,7 +19,6 @@ from indexsync.documents import Op
 from indexsync.errors import DatabaseUnavailable, IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
 from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Health, Metrics
-from indexsync.outbox import DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.writer import BulkWriter, StaleRead, WriteResult, backoff
@@ -282,10 +281,7 @@ class Worker:
         with self._lock:
             for change in changes:
                 self._succeeded[change.index_name] = landed_at
-            self.totals.conflicts += written.conflicts
-            self.totals.retries += written.retried
-            self._count(changes, ops, written.dead, started, read_at)
-        self._observe(changes, ops, written, started)
+        self._account(changes, ops, written, started, read_at)
         return len(changes)
 
     def _build_ops(
@@ -333,17 +329,15 @@ class Worker:
         log.info("batch.truncate", index=alias, version=version, deletes=len(ops))
         return ops
 
-    def _observe(
+    def _account(
         self,
         changes: Sequence[outbox.Change],
         ops: Sequence[Op],
         written: WriteResult,
         started: float,
+        read_at: float,
     ) -> None:
-        if self.health is not None:
-            self.health.batch_done()
-        if self.metrics is None:
-            return
+        """One pass over the batch for the totals, the `batch.done` event and the metrics."""
         counts: dict[str, BatchCounts] = {}
         for change in changes:
             counts.setdefault(change.index_name, BatchCounts()).changes += 1
@@ -361,30 +355,29 @@ class Worker:
             counts.setdefault(letter.index_name, BatchCounts()).add_error(DEAD_LETTER)
         for op in written.deferred:
             counts.setdefault(op.alias, BatchCounts()).add_error(REQUEUED)
-        self.metrics.batch_done(time.monotonic() - started, counts)
-
-    def _count(
-        self,
-        changes: Sequence[outbox.Change],
-        ops: Sequence[Op],
-        dead: Sequence[DeadLetter],
-        started: float,
-        read_at: float,
-    ) -> None:
-        t = self.totals
-        t.batches += 1
-        t.changes += len(changes)
-        indexed = sum(1 for op in ops if op.source is not None)
-        t.indexed += indexed
-        t.deleted += len(ops) - indexed
-        t.dead += len(dead)
+        indexed = sum(c.indexed for c in counts.values())
+        deleted = sum(c.deleted for c in counts.values())
         now = time.monotonic()
+        with self._lock:
+            t = self.totals
+            t.batches += 1
+            t.changes += len(changes)
+            t.indexed += indexed
+            t.deleted += deleted
+            t.dead += len(written.dead)
+            t.conflicts += written.conflicts
+            t.retries += written.retried
         log.info(
             "batch.done",
             changes=len(changes),
             indexed=indexed,
-            deleted=len(ops) - indexed,
-            dead_letters=len(dead),
+            deleted=deleted,
+            dead_letters=len(written.dead),
+            requeued=len(written.deferred),
             read_ms=round((read_at - started) * 1000, 1),
             write_ms=round((now - read_at) * 1000, 1),
         )
+        if self.health is not None:
+            self.health.batch_done()
+        if self.metrics is not None:
+            self.metrics.batch_done(now - started, counts)
