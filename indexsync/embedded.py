@@ -343,7 +343,28 @@ def _drain_stdout(stream: IO[str]) -> None:
             pass
 
 
-class SearchClone:
+class _Running:
+    """A server that runs from construction on; leaving a `with` block closes it."""
+
+    def close(self) -> None:
+        """Stop what runs."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Return self; it is already running."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close it."""
+        self.close()
+
+
+class SearchClone(_Running):
     """A copy-on-write clone of an osmem cluster with its own compatibility proxy."""
 
     def __init__(self, clone: OsmemClone, seed: int = 0) -> None:
@@ -367,21 +388,8 @@ class SearchClone:
         self.proxy.stop()
         self._clone.close()
 
-    def __enter__(self) -> Self:
-        """Return self; the clone is already running."""
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the clone."""
-        self.close()
-
-
-class EmbeddedSearch:
+class EmbeddedSearch(_Running):
     """An osmem-server with a CompatProxy in front, started on construction."""
 
     def __init__(self, *, proxy_port: int = 0, seed: int = 0, japanese: bool = False) -> None:
@@ -444,19 +452,6 @@ class EmbeddedSearch:
         if stdout is not None:
             with contextlib.suppress(OSError):
                 stdout.close()
-
-    def __enter__(self) -> Self:
-        """Return self; the servers are already running."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close everything."""
-        self.close()
 
 
 def _stdin_can_signal_eof() -> bool:

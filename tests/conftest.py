@@ -291,8 +291,10 @@ def env(database_url: str, search_server: SearchServer, tmp_path: Path) -> Itera
         world.close()
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll until predicate() is truthy; fail with the last value otherwise."""
+def wait_for(
+    predicate: Any, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> Any:
+    """Poll until predicate() is truthy; fail naming what was awaited and the last value."""
     deadline = time.monotonic() + timeout
     value = None
     while time.monotonic() < deadline:
@@ -300,4 +302,4 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> An
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+    raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {value!r})")

@@ -17,31 +17,19 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from tests.conftest import Env
+from tests.conftest import Env, wait_for
+from tests.test_sync import EXPECTED_POSTS
 
 SEED_ENV = "INDEXSYNC_FAULT_SEED"
 REPORT_ENV = "INDEXSYNC_FAULT_REPORT"
 
-POSTS = """
-CREATE TABLE posts (
-    id bigint PRIMARY KEY,
-    title text NOT NULL,
-    body text,
-    views integer NOT NULL DEFAULT 0,
-    tags text[],
-    meta jsonb,
-    published_at timestamptz DEFAULT '2026-01-02 03:04:05+00',
-    deleted_at timestamptz
-);
-"""
-EXPECTED_POSTS = "SELECT id, to_jsonb(p) FROM posts p WHERE deleted_at IS NULL"
 WHERE = "deleted_at IS NULL"
 
 # Counters of the proxy that are faults (the rest is traffic).
@@ -579,18 +567,8 @@ class Writers:
             return cur.rowcount
 
 
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = ""
-) -> Any:
-    """Poll until truthy; the failure message says what was awaited and the last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {value!r})")
+# The shared poller, under the name the fault scenarios use.
+wait_until = wait_for
 
 
 def event_counts(workers: Sequence[WorkerProcess]) -> dict[str, int]:

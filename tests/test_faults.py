@@ -31,6 +31,7 @@ from psycopg import sql
 
 from tests import faultkit as fk
 from tests.conftest import Env, SearchServer
+from tests.test_sync import POSTS
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def probe(env: Env) -> Iterator[fk.Probe]:
 
 def posts_env(env: Env, rows: int, seed: int, where: str = fk.WHERE) -> Env:
     """posts with `rows` seeded rows, bound with a `where` filter, installed (and backfilled)."""
-    env.sql(fk.POSTS)
+    env.sql(POSTS)
     fk.seed_rows(env, rows, seed)
     env.bindings(fk.posts_binding(env, where=where))
     env.install()
