@@ -308,26 +308,25 @@ class Worker:
                     log.warning("outbox.unbound_dependency", index=alias, table=source)
                     continue
                 ids |= documents.expand_dependency(conn, dep, keys)
+            if work.truncate:
+                ids |= self._indexed_ids(alias, targets, version)
             if ids:
                 docs = documents.fetch_documents(conn, binding, sorted(ids))
                 ops.extend(documents.build_ops(alias, targets, ids, docs, version))
-            if work.truncate:
-                ops.extend(self._truncate_ops(alias, targets, version, skip=ids))
         return ops
 
-    def _truncate_ops(
-        self, alias: str, targets: list[tuple[str, bool]], version: int, skip: set[str]
-    ) -> list[Op]:
-        # Versioned deletes at this batch's version: anything written after the TRUNCATE
-        # carries a larger version and refuses the delete with a 409. Ids this batch writes
-        # anyway are skipped: their write at the same version already says what is true.
-        ops = []
+    def _indexed_ids(self, alias: str, targets: list[tuple[str, bool]], version: int) -> set[str]:
+        # After a TRUNCATE every indexed document is suspect. Re-reading them like any other
+        # change is what keeps a row inserted after the TRUNCATE: its own batch may have
+        # drawn a smaller version than this one, so a blind versioned delete would win over
+        # it. Documents already at this version or above were read after this batch's draw.
+        found: set[str] = set()
         for target, _ in targets:
             for hit in self.search.scan(target, source=False):
-                if hit["_id"] not in skip and int(hit.get("_version", 0)) < version:
-                    ops.append(Op(alias, target, hit["_id"], version, None))
-        log.info("batch.truncate", index=alias, version=version, deletes=len(ops))
-        return ops
+                if int(hit.get("_version", 0)) < version:
+                    found.add(hit["_id"])
+        log.info("batch.truncate", index=alias, version=version, suspects=len(found))
+        return found
 
     def _account(
         self,
