@@ -147,6 +147,40 @@ def test_a_truncate_that_lands_after_a_later_insert_keeps_that_row(posts: Env) -
     assert set(posts.docs("posts")) == {"7"}
 
 
+# Every name a capture function could look up, shadowed by one that fails loudly.
+SHADOWS = """
+CREATE SCHEMA shadow;
+CREATE FUNCTION shadow.hijacked(text, text) RETURNS boolean LANGUAGE plpgsql
+    AS $$BEGIN RAISE EXCEPTION 'hijacked'; END$$;
+CREATE OPERATOR shadow.= (LEFTARG = text, RIGHTARG = text, FUNCTION = shadow.hijacked);
+CREATE OPERATOR shadow.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = shadow.hijacked);
+CREATE FUNCTION shadow.pg_notify(text, text) RETURNS void LANGUAGE plpgsql
+    AS $$BEGIN RAISE EXCEPTION 'hijacked'; END$$;
+CREATE DOMAIN shadow.text AS pg_catalog.text CHECK (false);
+CREATE TABLE shadow.outbox (LIKE indexsync.outbox);
+"""
+
+
+def test_the_callers_search_path_cannot_steer_the_capture_function(posts: Env) -> None:
+    posts.sql(SHADOWS)
+    with psycopg.connect(posts.database_url, autocommit=True) as conn:
+        # pg_catalog listed after the caller's schema: its names no longer come first.
+        conn.execute("SET search_path = shadow, pg_catalog, public")
+        conn.execute("INSERT INTO public.posts (id, title) VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE public.posts SET id = 3 WHERE id = 2")
+        conn.execute("DELETE FROM public.posts WHERE id = 1")
+    assert posts.sql("SELECT count(*) FROM shadow.outbox") == [(0,)]
+    assert sorted(posts.sql("SELECT doc_id FROM indexsync.outbox")) == [
+        ("1",),
+        ("1",),
+        ("2",),
+        ("2",),
+        ("3",),
+    ]
+    posts.sync()
+    assert set(posts.docs("posts")) == {"3"}
+
+
 def test_a_rolled_back_transaction_leaves_no_trace(posts: Env) -> None:
     posts.sql("BEGIN; INSERT INTO posts (id, title) VALUES (1, 'ghost'); ROLLBACK")
     assert posts.sql("SELECT count(*) FROM indexsync.outbox") == [(0,)]
