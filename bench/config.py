@@ -34,7 +34,7 @@ class BenchConfig:
     tps_rows: int = 100_000
     tps_clients: int = 8
     tps_rounds: int = 4
-    tps_round_s: float = 5.0
+    tps_round_s: float = 4.0
     # Latency: a steady write rate for a duration, the first seconds discarded.
     latency_rate: float = 500.0
     latency_s: float = 20.0

@@ -13,7 +13,7 @@ from bench.workload import Workspace
 
 def measure_reindex(ws: Workspace, rows: int) -> tuple[float, dict[str, Any]]:
     """Load `rows` with triggers disabled (like a restore), then time a full rebuild."""
-    ws.install(notify=True)
+    ws.install(notify=False)
     table = sql.Identifier(ws.table)
     ws.sql(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(table))
     load_s = ws.insert_range(1, rows, tx_rows=50_000)

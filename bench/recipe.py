@@ -199,7 +199,7 @@ def measure_recipe(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
 
 def measure_indexsync_restart(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
     """The same load and the same SIGKILL/restart, with `indexsync run` as the writer."""
-    ws.install(notify=True)
+    ws.install(notify=False)
     workers = [ws.worker()]
     workers[0].wait_ready()
 

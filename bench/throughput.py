@@ -32,7 +32,7 @@ def worker_defaults() -> Settings:
 
 def prepare_backlog(ws: Workspace, rows: int) -> dict[str, Any]:
     """Install without backfill, then insert `rows` rows: the triggers fill the outbox."""
-    ws.install(notify=True)
+    ws.install(notify=False)
     seconds = ws.insert_range(1, rows)
     ws.sql(sql.SQL("ANALYZE {}").format(sql.Identifier(ws.table)))
     ws.sql("ANALYZE indexsync.outbox")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
@@ -13,10 +14,13 @@ from psycopg import sql
 
 from bench.config import BenchConfig
 from bench.console import say
+from bench.recipe import RECIPE_TRIGGER
 from bench.workload import Workspace
 
 PLAIN_TABLE = "tps_plain"
 SYNCED_TABLE = "tps_synced"
+# The same table with the blog recipe's trigger (NOTIFY with the row as JSON) instead.
+RECIPE_TABLE = "tps_recipe"
 
 _SCRIPT = "\\set id random(1, :rows)\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n"
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
@@ -34,6 +38,19 @@ class Pgbench:
     rows: int
     clients: int
     seconds: float
+    # Extra server settings for pgbench's sessions (PGOPTIONS), e.g. asynchronous commit.
+    session: tuple[tuple[str, str], ...] = ()
+
+    def with_session(self, **settings: str) -> Pgbench:
+        """The same runs with these settings in every pgbench session."""
+        return Pgbench(
+            self.binary,
+            self.database_url,
+            self.rows,
+            self.clients,
+            self.seconds,
+            tuple(settings.items()),
+        )
 
     def command(self, script: Path) -> list[str]:
         """The command line of one round."""
@@ -51,11 +68,15 @@ class Pgbench:
 
     def run(self, script: Path) -> float:
         """One round; returns its TPS."""
+        env = dict(os.environ)
+        if self.session:
+            env["PGOPTIONS"] = " ".join(f"-c {key}={value}" for key, value in self.session)
         result = subprocess.run(
             self.command(script),
             capture_output=True,
             text=True,
             timeout=self.seconds + 120,
+            env=env,
         )
         if result.returncode != 0:
             raise RuntimeError(f"pgbench exited {result.returncode}:\n{result.stderr[-2000:]}")
@@ -69,27 +90,36 @@ class Pgbench:
 
 
 def prepare(ws: Workspace, rows: int) -> dict[str, Path]:
-    """Two identical tables; only `tps_synced` is bound, so only it has triggers."""
+    """Identical tables: only `tps_synced` is bound, `tps_recipe` has the recipe's trigger."""
     ws.create_table(PLAIN_TABLE)
-    for table in (PLAIN_TABLE, SYNCED_TABLE):
+    ws.create_table(RECIPE_TABLE)
+    ws.sql(
+        sql.SQL(RECIPE_TRIGGER).format(
+            channel=sql.Literal("tps_recipe"), table=sql.Identifier(RECIPE_TABLE)
+        )
+    )
+    tables = (PLAIN_TABLE, SYNCED_TABLE, RECIPE_TABLE)
+    for table in tables:
         ws.insert_range(1, rows, table=table)
         ws.sql(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
     scripts = {}
-    for table in (PLAIN_TABLE, SYNCED_TABLE):
+    for table in tables:
         path = ws.root / f"update_{table}.sql"
         path.write_text(_SCRIPT.format(table=table), encoding="ascii")
         scripts[table] = path
     return scripts
 
 
-def _rounds(ws: Workspace, bench: Pgbench, scripts: dict[str, Path], rounds: int) -> dict[str, Any]:
+def _rounds(
+    ws: Workspace, bench: Pgbench, scripts: dict[str, Path], rounds: int, table: str
+) -> dict[str, Any]:
     without: list[float] = []
     with_: list[float] = []
     for n in range(rounds):
         # Alternating spreads the machine's drift over both sides instead of one.
         without.append(bench.run(scripts[PLAIN_TABLE]))
         ws.sql("TRUNCATE indexsync.outbox")
-        with_.append(bench.run(scripts[SYNCED_TABLE]))
+        with_.append(bench.run(scripts[table]))
         ws.sql("TRUNCATE indexsync.outbox")
         say(f"  round {n + 1}/{rounds}: without {without[-1]:,.0f} tps, with {with_[-1]:,.0f} tps")
     return {
@@ -102,17 +132,29 @@ def _rounds(ws: Workspace, bench: Pgbench, scripts: dict[str, Path], rounds: int
 
 
 def measure_write_tps(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
-    """TPS with triggers ÷ TPS without, in no-NOTIFY mode and in NOTIFY mode."""
+    """TPS with triggers ÷ TPS without, with and without NOTIFY, in both commit modes.
+
+    `durable` is the server's own commit mode (PostgreSQL's defaults in the embedded run):
+    each commit waits for its WAL flush, as in production. `async_commit` sets
+    synchronous_commit=off for pgbench's sessions: commits stop waiting for the disk, the
+    database is bound by CPU alone, and the trigger's own work shows in full.
+    """
     scripts = prepare(ws, cfg.tps_rows)
-    bench = Pgbench(
+    durable = Pgbench(
         ws.servers.pgbench, ws.database_url, cfg.tps_rows, cfg.tps_clients, cfg.tps_round_s
     )
+    modes = {"durable": durable, "async_commit": durable.with_session(synchronous_commit="off")}
     results: dict[str, Any] = {}
     for notify in (False, True):
         # `install` converges the capture function to the mode; no worker runs meanwhile.
         ws.install(notify=notify)
-        say(f"write TPS, notify={str(notify).lower()}: {cfg.tps_rounds} rounds of each")
-        results["notify" if notify else "no_notify"] = _rounds(ws, bench, scripts, cfg.tps_rounds)
-    results["command"] = " ".join([*bench.command(Path("SCRIPT.sql"))[:-1], "DATABASE_URL"])
+        for mode, bench in modes.items():
+            key = f"{'notify' if notify else 'no_notify'}_{mode}"
+            say(f"write TPS, notify={str(notify).lower()}, {mode}: {cfg.tps_rounds} rounds")
+            results[key] = _rounds(ws, bench, scripts, cfg.tps_rounds, SYNCED_TABLE)
+    say(f"write TPS, the blog recipe's trigger, durable: {cfg.tps_rounds} rounds")
+    results["recipe_durable"] = _rounds(ws, durable, scripts, cfg.tps_rounds, RECIPE_TABLE)
+    results["command"] = " ".join([*durable.command(Path("SCRIPT.sql"))[:-1], "DATABASE_URL"])
+    results["async_commit_env"] = "PGOPTIONS='-c synchronous_commit=off'"
     results["script"] = _SCRIPT.format(table="<table>")
     return results

@@ -187,6 +187,7 @@ def test_terminated_sessions_reconnect_and_listen_again(
     scenario = "pg_terminate_backend"
     seed = fk.seed_for(scenario)
     started = time.monotonic()
+    env.overrides["notify"] = "true"
     posts_env(env, 2500, seed)
     # A long poll interval: while the worker idles, a change can only arrive quickly through
     # NOTIFY (or through the drain that follows a reconnect).

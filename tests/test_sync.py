@@ -194,7 +194,7 @@ def test_changes_made_while_no_worker_runs_are_synced_when_one_starts(posts: Env
     worker = posts.spawn("run")
     try:
         wait_for(lambda: posts.docs("posts") == posts.expected(EXPECTED_POSTS), timeout=30)
-        # And live changes keep flowing while it runs (NOTIFY wakes it).
+        # And live changes keep flowing while it runs (a poll finds them).
         posts.sql("INSERT INTO posts (id, title) VALUES (1000, 'live')")
         wait_for(lambda: "1000" in posts.docs("posts"), timeout=15)
     finally:
@@ -221,6 +221,22 @@ def test_sigterm_during_a_backlog_finishes_the_batch_and_loses_nothing(posts: En
     assert len(posts.docs("posts")) + left >= 20000
     posts.sync()
     assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+
+
+def test_with_notify_an_idle_worker_wakes_long_before_its_poll(posts: Env) -> None:
+    posts.overrides["notify"] = "true"
+    posts.install()
+    assert "pg_notify" in posts.cli("install", "--print-sql").stdout
+    worker = posts.spawn("run", INDEXSYNC_POLL_INTERVAL="600")
+    try:
+        posts.sql("INSERT INTO posts (id, title) VALUES (1, 'first')")
+        wait_for(lambda: "1" in posts.docs("posts"), timeout=20)
+        posts.sql("INSERT INTO posts (id, title) VALUES (2, 'woken')")
+        wait_for(lambda: "2" in posts.docs("posts"), timeout=20)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
 
 
 def test_without_notify_the_worker_polls(env: Env) -> None:
