@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ log = get_logger(__name__)
 
 _WAIT_POLL = 0.05
 _PROGRESS_EVERY = 5.0
+_PAGES_IN_FLIGHT = 2
 
 
 def wait_for_snapshot(conn: psycopg.Connection[Any], snapshot: str, timeout: float) -> None:
@@ -276,25 +278,29 @@ class Reindexer:
         query_first = documents.scan_query(binding, resume=False)
         query_next = documents.scan_query(binding, resume=True)
         rows = dead = 0
-        # The next page is read while the previous one is being written.
-        in_flight: tuple[Future[WriteResult], str, int] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="scan") as sender:
+        # Pages are read while earlier ones are written, and two pages are in flight: the
+        # second keeps every bulk slot busy while the first waits for its slowest request.
+        # Pages land (and progress is recorded) in key order, so a resume never skips one.
+        in_flight: deque[tuple[Future[WriteResult], str, int]] = deque()
+        with ThreadPoolExecutor(_PAGES_IN_FLIGHT, thread_name_prefix="scan") as sender:
             while True:
                 # One short statement per page: nothing holds back vacuum during a long scan.
                 params = {"limit": self.chunk_size, "after": last_key}
                 page = conn.execute(
                     query_first if last_key is None else query_next, params, prepare=True
                 ).fetchall()
-                if in_flight is not None:
-                    dead += self._landed(conn, binding.alias, progress, *in_flight)
-                    rows += in_flight[2]
-                    in_flight = None
+                while in_flight and (
+                    not page or len(in_flight) >= _PAGES_IN_FLIGHT or in_flight[0][0].done()
+                ):
+                    landed = in_flight.popleft()
+                    dead += self._landed(conn, binding.alias, progress, *landed)
+                    rows += landed[2]
                 if not page:
                     return rows, dead
                 ops = [Op(binding.alias, target, doc_id, watermark, doc) for doc_id, doc in page]
                 last_key = page[-1][0]
                 future = sender.submit(self.writer.write, ops, time.monotonic())
-                in_flight = (future, last_key, len(page))
+                in_flight.append((future, last_key, len(page)))
 
     def _landed(
         self,
