@@ -236,6 +236,12 @@ def run_latency(
     results.add("latency_p99_ms", quiet["p99_ms"], quiet_inputs)
     results.add("latency_notify_p50_ms", loud["p50_ms"], loud_inputs)
     results.add("latency_notify_p99_ms", loud["p99_ms"], loud_inputs)
+    # The control: the search server's own one-item bulk latency during the default run.
+    # Its pauses (the in-memory server stalls for a few hundred ms every ~8 s under
+    # sustained writes) bound what any sync tool's p99 can be against it.
+    probe_inputs = {**quiet_inputs, "probe": "one-item _bulk to a separate index every 20 ms"}
+    results.add("latency_server_probe_p99_ms", quiet["server_probe"]["p99_ms"], probe_inputs)
+    results.add("latency_server_probe_max_ms", quiet["server_probe"]["max_ms"], probe_inputs)
     results.details["latency"] = {"no_notify": quiet, "notify": loud}
     return [quiet["worker_peak_rss_mb"], loud["worker_peak_rss_mb"]]
 
