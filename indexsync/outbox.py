@@ -306,6 +306,17 @@ def claim(conn: psycopg.Connection[Any], limit: int) -> list[Change]:
         return [Change(*row) for row in cur.fetchall()]
 
 
+HAS_PENDING = "SELECT EXISTS (SELECT FROM indexsync.outbox)"
+
+
+def has_pending(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the outbox holds any row, claimed by another worker or not."""
+    with conn.cursor() as cur:
+        cur.execute(HAS_PENDING, prepare=True)
+        row = cur.fetchone()
+        return bool(row and row[0])
+
+
 # The batch's version, drawn after its claim and before its re-read, and the rebuilds in
 # progress (in-place rebuilds write through the alias already, so they need no second target).
 BATCH_CONTEXT = """
