@@ -2,9 +2,11 @@
 
 The same pgbench single-row UPDATE as `make bench`'s write_tps_ratio, against identical
 tables that differ only in their trigger, from no trigger at all up to indexsync's own
-capture. Every variant runs in the same rounds, alternating, so the ratios compare like
-with like. The `floor` variant is the least any trigger-based outbox can do: one row, one
-column, no index, no sequence. It shows what is left to win, and what is physics.
+capture, in both of its modes (`INDEXSYNC_CAPTURE=row`, the default, and `statement`).
+Every variant runs in the same rounds, alternating, so the ratios compare like with like.
+The `floor` variant is the least any trigger-based outbox can do: one row, one column, no
+index, no sequence. It shows what is left to win, and what is physics. A second part times
+batch jobs: one UPDATE of every row, and one INSERT of as many.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -23,7 +26,7 @@ from bench.config import BenchConfig
 from bench.console import say
 from bench.procs import ProcessGroup
 from bench.servers import started
-from bench.workload import Workspace
+from bench.workload import INSERT_RANGE, Workspace
 from bench.writes import _SCRIPT, Pgbench
 
 RESULTS_PATH = Path(__file__).resolve().parent / "capture-results.json"
@@ -55,10 +58,13 @@ _VARIANTS: dict[str, LiteralString] = {
 }
 _LOGS = ("indexsync.outbox", "floor_log", "floor_indexed_log")
 _ROUNDS = 5
+_BULK_ROUNDS = 3
 
 
-def _measure(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
+def _measure(ws: Workspace, per_statement: Workspace, cfg: BenchConfig) -> dict[str, Any]:
     ws.install(notify=False)
+    # indexsync's statement-level capture needs its own database: the mode is per install.
+    per_statement.cli("install", "--no-backfill", notify="false", capture="statement")
     tables = {"none": "capture_none", "indexsync": ws.table}
     for name, ddl in _VARIANTS.items():
         table = f"capture_{name}"
@@ -66,25 +72,36 @@ def _measure(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
         ws.sql(sql.SQL(ddl).format(table=sql.Identifier(table)))
         tables[name] = table
     ws.create_table(tables["none"])
+    spaces = {name: ws for name in tables}
+    tables["indexsync_statement"] = per_statement.table
+    spaces["indexsync_statement"] = per_statement
     scripts = {}
     for name, table in tables.items():
-        ws.insert_range(1, cfg.tps_rows, table=table)
-        ws.sql(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
-        path = ws.root / f"update_{table}.sql"
+        spaces[name].insert_range(1, cfg.tps_rows, table=table)
+        spaces[name].sql(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+        path = ws.root / f"update_{name}.sql"
         path.write_text(_SCRIPT.format(table=table), encoding="ascii")
         scripts[name] = path
-    ws.sql("TRUNCATE indexsync.outbox, floor_log, floor_indexed_log")
-    durable = Pgbench(
-        ws.servers.pgbench, ws.database_url, cfg.tps_rows, cfg.tps_clients, cfg.tps_round_s
-    )
-    modes = {"durable": durable, "async_commit": durable.with_session(synchronous_commit="off")}
+    _empty_logs(ws, per_statement)
     found: dict[str, Any] = {}
-    for mode, bench in modes.items():
+    for mode in ("durable", "async_commit"):
+        benches = {}
+        for name in tables:
+            bench = Pgbench(
+                ws.servers.pgbench,
+                spaces[name].database_url,
+                cfg.tps_rows,
+                cfg.tps_clients,
+                cfg.tps_round_s,
+            )
+            benches[name] = (
+                bench if mode == "durable" else bench.with_session(synchronous_commit="off")
+            )
         tps: dict[str, list[float]] = {name: [] for name in tables}
         for n in range(_ROUNDS):
             for name in tables:
-                tps[name].append(bench.run(scripts[name]))
-                ws.sql(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.SQL, _LOGS))))
+                tps[name].append(benches[name].run(scripts[name]))
+                _empty_logs(ws, per_statement)
             say(
                 f"  {mode} round {n + 1}/{_ROUNDS}: "
                 + ", ".join(f"{name} {values[-1]:,.0f}" for name, values in tps.items())
@@ -98,7 +115,58 @@ def _measure(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
             }
             for name, values in tps.items()
         }
+    found["bulk_statements"] = _bulk(spaces, tables, cfg.tps_rows)
     return found
+
+
+def _empty_logs(ws: Workspace, per_statement: Workspace) -> None:
+    ws.sql(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.SQL, _LOGS))))
+    per_statement.sql("TRUNCATE indexsync.outbox")
+
+
+def _timed(ws: Workspace, statement: sql.Composed) -> float:
+    with ws.connect() as conn:
+        started = time.monotonic()
+        conn.execute(statement)
+        conn.commit()
+        return time.monotonic() - started
+
+
+def _bulk(spaces: dict[str, Workspace], tables: dict[str, str], rows: int) -> dict[str, Any]:
+    """Batch jobs: one statement that updates every row, and one that inserts as many."""
+    seconds: dict[str, dict[str, list[float]]] = {
+        name: {"update": [], "insert": []} for name in tables
+    }
+    names = list(tables)
+    for n in range(_BULK_ROUNDS):
+        # Each round starts with another variant: no variant always follows the same one.
+        for name in names[n % len(names) :] + names[: n % len(names)]:
+            table, ws = tables[name], spaces[name]
+            ident = sql.Identifier(table)
+            update = sql.SQL("UPDATE {} SET n = n + 1").format(ident)
+            seconds[name]["update"].append(_timed(ws, update))
+            insert = sql.SQL(INSERT_RANGE).format(table=ident)
+            with ws.connect() as conn:
+                params = {"first": rows + 1, "last": 2 * rows}
+                started = time.monotonic()
+                conn.execute(insert, params)
+                conn.commit()
+                seconds[name]["insert"].append(time.monotonic() - started)
+            ws.sql(sql.SQL("DELETE FROM {} WHERE id > %(rows)s").format(ident), {"rows": rows})
+            _empty_logs(spaces["none"], spaces["indexsync_statement"])
+            ws.sql(sql.SQL("VACUUM {}").format(ident))
+        say(f"  bulk round {n + 1}/{_BULK_ROUNDS}")
+    result: dict[str, Any] = {"rows_per_statement": rows}
+    for kind in ("update", "insert"):
+        base = statistics.median(seconds["none"][kind])
+        result[kind] = {
+            name: {
+                "seconds": round(statistics.median(values[kind]), 3),
+                "slowdown": round(statistics.median(values[kind]) / base, 2),
+            }
+            for name, values in seconds.items()
+        }
+    return result
 
 
 def main() -> int:
@@ -108,7 +176,8 @@ def main() -> int:
     try:
         with ProcessGroup() as procs, started(procs, workdir) as servers:
             ws = Workspace.create("capture", servers, procs, workdir)
-            found = _measure(ws, cfg)
+            per_statement = Workspace.create("capture_statement", servers, procs, workdir)
+            found = _measure(ws, per_statement, cfg)
             settings = servers.pg_settings
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -125,10 +194,20 @@ def main() -> int:
         "results": found,
     }
     RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"{'variant':<15} {'durable tps':>12} {'ratio':>6} {'async tps':>10} {'ratio':>6}")
+    bulk = found["bulk_statements"]
+    print(
+        f"{'variant':<20} {'durable tps':>11} {'ratio':>6} {'async tps':>10} {'ratio':>6}"
+        f"   {'bulk UPDATE':>11} {'bulk INSERT':>11}"
+    )
     for name in found["durable"]:
         d, a = found["durable"][name], found["async_commit"][name]
-        print(f"{name:<15} {d['tps']:>12,} {d['ratio']:>6.3f} {a['tps']:>10,} {a['ratio']:>6.3f}")
+        up, ins = bulk["update"][name], bulk["insert"][name]
+        print(
+            f"{name:<20} {d['tps']:>11,} {d['ratio']:>6.3f} {a['tps']:>10,} {a['ratio']:>6.3f}"
+            f"   {up['seconds']:>6.2f}s x{up['slowdown']:<4}"
+            f" {ins['seconds']:>6.2f}s x{ins['slowdown']}"
+        )
+    print(f"bulk: one statement over {bulk['rows_per_statement']:,} rows, median of {_BULK_ROUNDS}")
     print(f"wrote {RESULTS_PATH}", file=sys.stderr)
     return 0
 

@@ -74,11 +74,18 @@ def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any
 
 
 def _desired_ddl(
-    conn: psycopg.Connection[Any], bindings: dict[str, Binding], notify: bool
+    conn: psycopg.Connection[Any], bindings: dict[str, Binding], notify: bool, capture: str
 ) -> list[outbox.TriggerDDL]:
     return [
-        item for binding in bindings.values() for item in outbox.trigger_ddl(conn, binding, notify)
+        item
+        for binding in bindings.values()
+        for item in outbox.trigger_ddl(conn, binding, notify, capture)
     ]
+
+
+def _meta(settings: Settings) -> list[tuple[str, str]]:
+    # What install decided, so that `check` compares against the same choices.
+    return [("notify", str(settings.notify).lower()), ("capture", settings.capture)]
 
 
 def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], object]) -> None:
@@ -88,16 +95,17 @@ def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], obj
         with db.translated(), conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
             bindings = resolve(conn, spec, settings.config)
-            ddl = _desired_ddl(conn, bindings, settings.notify)
+            ddl = _desired_ddl(conn, bindings, settings.notify, settings.capture)
             write("BEGIN;\n")
             write(f"{outbox.CREATE_SCHEMA_IF_MISSING};\n")
             write(outbox.schema_sql())
-            write(
-                sql.SQL(outbox.SET_META.replace("%s", "{}"))
-                .format(sql.Literal("notify"), sql.Literal(str(settings.notify).lower()))
-                .as_string(conn)
-                + ";\n"
-            )
+            for key, value in _meta(settings):
+                write(
+                    sql.SQL(outbox.SET_META.replace("%s", "{}"))
+                    .format(sql.Literal(key), sql.Literal(value))
+                    .as_string(conn)
+                    + ";\n"
+                )
             for item in ddl:
                 write(f"\n-- index {item.alias}\n")
                 for statement in item.statements:
@@ -127,8 +135,9 @@ def install(
                 conn.execute(outbox.schema_sql())
                 bindings = resolve(conn, spec, settings.config)
                 new_aliases = _ensure_indexes(settings, search, bindings, mappings, report)
-                _converge_triggers(conn, bindings, settings.notify, report)
-                conn.execute(outbox.SET_META, ("notify", str(settings.notify).lower()))
+                _converge_triggers(conn, bindings, settings.notify, settings.capture, report)
+                for key, value in _meta(settings):
+                    conn.execute(outbox.SET_META, (key, value))
                 if backfill:
                     for alias in new_aliases:
                         cur = conn.execute(outbox.backfill(bindings[alias]))
@@ -184,13 +193,17 @@ def _ensure_indexes(
 
 
 def _converge_triggers(
-    conn: psycopg.Connection[Any], bindings: dict[str, Binding], notify: bool, report: InstallReport
+    conn: psycopg.Connection[Any],
+    bindings: dict[str, Binding],
+    notify: bool,
+    capture: str,
+    report: InstallReport,
 ) -> None:
     functions = outbox.installed_functions(conn)
     triggers = outbox.installed_triggers(conn)
     present = {(t.name, t.schema, t.table) for t in triggers}
     wanted: set[tuple[str, str, str]] = set()
-    desired = _desired_ddl(conn, bindings, notify)
+    desired = _desired_ddl(conn, bindings, notify, capture)
     for item in desired:
         if functions.get(item.function) != item.body:
             conn.execute(item.create_function)
@@ -305,9 +318,11 @@ def _check_triggers(
 ) -> None:
     meta = conn.execute(outbox.GET_META, ("notify",)).fetchone()
     notify = meta is not None and meta[0] == "true"
+    meta = conn.execute(outbox.GET_META, ("capture",)).fetchone()
+    capture = meta[0] if meta is not None else outbox.CAPTURE_ROW
     functions = outbox.installed_functions(conn)
     triggers = {(t.name, t.schema, t.table) for t in outbox.installed_triggers(conn)}
-    for item in _desired_ddl(conn, bindings, notify):
+    for item in _desired_ddl(conn, bindings, notify, capture):
         if functions.get(item.function) != item.body:
             result.problems.append(
                 f"index {item.alias!r}: capture function {item.function} is missing or "

@@ -81,8 +81,44 @@ _TRUNCATE_ALL: LiteralString = (
     "SELECT {alias}, {key}::pg_catalog.text FROM {table};"
 )
 
+# Statement-level capture (`INDEXSYNC_CAPTURE=statement`): one call per statement, which
+# appends the ids of its transition tables in one INSERT ... SELECT. UNION keeps an id once
+# when an UPDATE did not change it, and records both ids when it did. {distinct} folds the
+# rows of a dependent table that name the same document.
+_STATEMENT_BODY: LiteralString = """
+-- indexsync capture, format 3 (statement level, security definer, qualified names)
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+        {on_truncate}
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+        SELECT {distinct}{alias}, n.{col}::pg_catalog.text, {kind}, {source}
+        FROM indexsync_new n WHERE n.{col} IS NOT NULL;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+        SELECT {distinct}{alias}, o.{col}::pg_catalog.text, {kind}, {source}
+        FROM indexsync_old o WHERE o.{col} IS NOT NULL;
+    ELSE
+        INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+        SELECT {alias}, u.id, {kind}, {source} FROM (
+            SELECT n.{col}::pg_catalog.text FROM indexsync_new n
+            UNION SELECT o.{col}::pg_catalog.text FROM indexsync_old o
+        ) AS u (id)
+        WHERE u.id IS NOT NULL;
+    END IF;{notify}
+    RETURN NULL;
+END
+"""
+
 # A constant payload lets PostgreSQL fold every NOTIFY of a transaction into one.
 _NOTIFY: LiteralString = "\n    PERFORM pg_catalog.pg_notify('indexsync', '');"
+# A statement that changed no row has nothing to announce.
+_NOTIFY_IF_FOUND: LiteralString = (
+    "\n    IF FOUND THEN\n        PERFORM pg_catalog.pg_notify('indexsync', '');\n    END IF;"
+)
+
+CAPTURE_ROW = "row"
+CAPTURE_STATEMENT = "statement"
 
 
 @dataclass(frozen=True)
@@ -96,6 +132,14 @@ class Capture:
     kind: str
     source: str | None
     watch: tuple[str, ...] | None
+
+    def per_statement(self, mode: str) -> bool:
+        """Whether this capture uses statement-level triggers under `mode`.
+
+        Transition tables cannot go with `UPDATE OF` column lists, so a dependency that
+        watches columns keeps row-level triggers.
+        """
+        return mode == CAPTURE_STATEMENT and self.watch is None
 
     @property
     def function(self) -> str:
@@ -117,7 +161,9 @@ def captures(binding: Binding) -> list[Capture]:
     return found
 
 
-def function_body(binding: Binding, capture: Capture, notify: bool) -> sql.Composed:
+def function_body(
+    binding: Binding, capture: Capture, notify: bool, mode: str = CAPTURE_ROW
+) -> sql.Composed:
     """The PL/pgSQL body of one capture function."""
     alias = sql.Literal(binding.alias)
     on_truncate = (
@@ -127,6 +173,16 @@ def function_body(binding: Binding, capture: Capture, notify: bool) -> sql.Compo
             alias=alias, key=sql.Identifier(binding.key), table=binding.table_ident
         )
     )
+    if capture.per_statement(mode):
+        return sql.SQL(_STATEMENT_BODY).format(
+            on_truncate=on_truncate,
+            alias=alias,
+            col=sql.Identifier(capture.column),
+            kind=sql.Literal(capture.kind),
+            source=sql.Literal(capture.source),
+            distinct=sql.SQL("DISTINCT " if capture.source is not None else ""),
+            notify=sql.SQL(_NOTIFY_IF_FOUND if notify else ""),
+        )
     return sql.SQL(_FUNCTION_BODY).format(
         on_truncate=on_truncate,
         alias=alias,
@@ -155,34 +211,32 @@ class TriggerDDL:
         return (self.create_function, *(t[3] for t in self.triggers))
 
 
-def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -> list[TriggerDDL]:
+def trigger_ddl(
+    conn: psycopg.Connection[Any], binding: Binding, notify: bool, mode: str = CAPTURE_ROW
+) -> list[TriggerDDL]:
     """Build the function and trigger statements of every capture of one binding."""
     result = []
     for capture in captures(binding):
         fn = sql.Identifier(SCHEMA, capture.function)
         table = sql.Identifier(capture.schema, capture.table)
-        body = function_body(binding, capture, notify).as_string(conn)
+        body = function_body(binding, capture, notify, mode).as_string(conn)
         create_function = sql.SQL(
             # SECURITY DEFINER: roles that write the tables need no rights on the indexsync
             # schema. The body names everything with its schema (see _FUNCTION_BODY).
             "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
             "SECURITY DEFINER AS {body}"
         ).format(fn=fn, body=sql.Literal(body))
-        events: sql.Composable = sql.SQL("INSERT OR UPDATE OR DELETE")
-        if capture.watch is not None:
-            events = sql.SQL("INSERT OR DELETE OR UPDATE OF {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, capture.watch))
-            )
         triggers = []
-        for level, what in (("row", events), ("truncate", sql.SQL("TRUNCATE"))):
-            each = "ROW" if level == "row" else "STATEMENT"
+        for level, each, what, referencing in _trigger_events(capture, mode):
             definition = sql.SQL(
-                "AFTER {what} ON {table} FOR EACH {each} EXECUTE FUNCTION {fn}()"
-            ).format(what=what, table=table, each=sql.SQL(each), fn=fn)
+                "AFTER {what} ON {table} {referencing}FOR EACH {each} EXECUTE FUNCTION {fn}()"
+            ).format(
+                what=what, table=table, referencing=sql.SQL(referencing), each=sql.SQL(each), fn=fn
+            )
             text = definition.as_string(conn)
             # At most 63 bytes, or PostgreSQL would cut the name and never match it again.
             readable = re.sub(r"[^a-z0-9_]", "_", capture.table.lower())[:20]
-            name = f"indexsync_{readable}_{_digest(capture.function)}_{level[0]}_{_digest(text)}"
+            name = f"indexsync_{readable}_{_digest(capture.function)}_{level}_{_digest(text)}"
             statement = sql.SQL("CREATE OR REPLACE TRIGGER {} {}").format(
                 sql.Identifier(name), definition
             )
@@ -191,6 +245,31 @@ def trigger_ddl(conn: psycopg.Connection[Any], binding: Binding, notify: bool) -
             TriggerDDL(binding.alias, capture.function, body, create_function, tuple(triggers))
         )
     return result
+
+
+def _trigger_events(
+    capture: Capture, mode: str
+) -> list[tuple[str, str, sql.Composable, LiteralString]]:
+    """(name tag, ROW or STATEMENT, events, transition tables) of each trigger."""
+    truncate = ("t", "STATEMENT", sql.SQL("TRUNCATE"), "")
+    if capture.per_statement(mode):
+        return [
+            ("i", "STATEMENT", sql.SQL("INSERT"), "REFERENCING NEW TABLE AS indexsync_new "),
+            (
+                "u",
+                "STATEMENT",
+                sql.SQL("UPDATE"),
+                "REFERENCING OLD TABLE AS indexsync_old NEW TABLE AS indexsync_new ",
+            ),
+            ("d", "STATEMENT", sql.SQL("DELETE"), "REFERENCING OLD TABLE AS indexsync_old "),
+            truncate,
+        ]
+    events: sql.Composable = sql.SQL("INSERT OR UPDATE OR DELETE")
+    if capture.watch is not None:
+        events = sql.SQL("INSERT OR DELETE OR UPDATE OF {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, capture.watch))
+        )
+    return [("r", "ROW", events, ""), truncate]
 
 
 def _digest(text: str) -> str:

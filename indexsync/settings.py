@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         "`install`). Off by default: its lock serialises committing writers, which cut "
         "8-client single-row write throughput to about a third in `make bench`.",
     )
+    capture: Literal["row", "statement"] = Field(
+        default="row",
+        description="`row`: a trigger call per changed row, the cheapest for single-row "
+        "writes. `statement`: a call per statement that reads its transition tables, "
+        "about a third cheaper for statements changing many rows (read by `install`).",
+    )
     bulk_concurrency: int = Field(
         default=4,
         ge=1,

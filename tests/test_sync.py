@@ -27,9 +27,13 @@ CREATE TABLE posts (
 EXPECTED_POSTS = "SELECT id, to_jsonb(p) FROM posts p WHERE deleted_at IS NULL"
 
 
-@pytest.fixture
-def posts(env: Env) -> Env:
-    """A posts table bound to the `posts` index with a `where` filter, installed."""
+@pytest.fixture(params=["row", "statement"])
+def posts(env: Env, request: pytest.FixtureRequest) -> Env:
+    """A posts table bound to the `posts` index with a `where` filter, installed.
+
+    Every test runs with both capture modes: row-level and statement-level triggers.
+    """
+    env.overrides["capture"] = request.param
     env.sql(POSTS)
     env.bindings(
         f"""
@@ -338,6 +342,54 @@ def test_existing_rows_are_backfilled_at_install(env: Env) -> None:
     assert "queued 100 existing row(s)" in result.stdout
     env.sync()
     assert len(env.docs("posts")) == 100
+
+
+TRIGGERS = """
+SELECT t.tgname, (t.tgtype & 1) = 1 AS per_row, t.tgoldtable, t.tgnewtable
+FROM pg_trigger t WHERE t.tgrelid = 'public.posts'::regclass AND NOT t.tgisinternal
+ORDER BY t.tgname
+"""
+
+
+def test_a_statement_that_changes_no_row_queues_nothing(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'a')")
+    posts.sql("TRUNCATE indexsync.outbox")
+    posts.sql("UPDATE posts SET views = views + 1 WHERE id = 42")
+    posts.sql("DELETE FROM posts WHERE id = 42")
+    posts.sql("INSERT INTO posts (id, title) SELECT 1, 'dup' WHERE false")
+    assert posts.sql("SELECT count(*) FROM indexsync.outbox") == [(0,)]
+
+
+def test_switching_the_capture_mode_converges_the_triggers(env: Env) -> None:
+    env.sql(POSTS)
+    env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "public.posts"\n')
+    env.install()
+    per_row = env.sql(TRIGGERS)
+    assert [row[1:] for row in per_row] == [(True, None, None), (False, None, None)]
+
+    env.overrides["capture"] = "statement"
+    env.install()
+    per_statement = env.sql(TRIGGERS)
+    # INSERT, UPDATE and DELETE each get their own trigger with transition tables, since
+    # PostgreSQL allows transition tables only on single-event triggers; TRUNCATE is kept.
+    assert {row[1:] for row in per_statement} == {
+        (False, None, "indexsync_new"),
+        (False, "indexsync_old", "indexsync_new"),
+        (False, "indexsync_old", None),
+        (False, None, None),
+    }
+    assert per_row[1] in per_statement
+    assert "nothing to change" in env.install().stdout
+    assert env.cli("check").returncode == 0
+
+    env.sql("INSERT INTO posts (id, title) SELECT g, 'p' FROM generate_series(1, 50) g")
+    env.sql("UPDATE posts SET id = id + 1000 WHERE id <= 10")
+    env.sync()
+    assert env.docs("posts") == env.expected("SELECT id, to_jsonb(p) FROM posts p")
+
+    env.overrides["capture"] = "row"
+    env.install()
+    assert env.sql(TRIGGERS) == per_row
 
 
 FUNCTIONS = (
