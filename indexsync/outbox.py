@@ -173,24 +173,20 @@ def function_body(
             alias=alias, key=sql.Identifier(binding.key), table=binding.table_ident
         )
     )
+    common: dict[str, sql.Composable] = {
+        "on_truncate": on_truncate,
+        "alias": alias,
+        "col": sql.Identifier(capture.column),
+        "kind": sql.Literal(capture.kind),
+        "source": sql.Literal(capture.source),
+    }
     if capture.per_statement(mode):
         return sql.SQL(_STATEMENT_BODY).format(
-            on_truncate=on_truncate,
-            alias=alias,
-            col=sql.Identifier(capture.column),
-            kind=sql.Literal(capture.kind),
-            source=sql.Literal(capture.source),
+            **common,
             distinct=sql.SQL("DISTINCT " if capture.source is not None else ""),
             notify=sql.SQL(_NOTIFY_IF_FOUND if notify else ""),
         )
-    return sql.SQL(_FUNCTION_BODY).format(
-        on_truncate=on_truncate,
-        alias=alias,
-        col=sql.Identifier(capture.column),
-        kind=sql.Literal(capture.kind),
-        source=sql.Literal(capture.source),
-        notify=sql.SQL(_NOTIFY if notify else ""),
-    )
+    return sql.SQL(_FUNCTION_BODY).format(**common, notify=sql.SQL(_NOTIFY if notify else ""))
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class Worker:
         self._succeeded: dict[str, datetime] = {}
         self._lane_conns: list[psycopg.Connection[Any]] = []
         self._lanes = (
-            ThreadPoolExecutor(settings.bulk_concurrency, thread_name_prefix="lane")
+            ThreadPoolExecutor(settings.bulk_concurrency + 1, thread_name_prefix="lane")
             if settings.bulk_concurrency > 1
             else None
         )
@@ -231,7 +231,9 @@ class Worker:
             return first
         # A backlog: several batches in flight, each in its own transaction and connection,
         # coordinated like separate workers (SKIP LOCKED claims, versioned writes).
-        while len(self._lane_conns) < self.settings.bulk_concurrency - 1:
+        # One lane more than bulk slots: while every slot has a request in flight, the spare
+        # lane claims and reads its next batch, then waits for a slot in the writer's pool.
+        while len(self._lane_conns) < self.settings.bulk_concurrency:
             self._lane_conns.append(db.connect(self.settings, autocommit=True, role="worker"))
         conns = [self._connect(listen=False), *self._lane_conns]
         failed = threading.Event()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,6 +27,23 @@ CREATE TABLE posts (
 """
 
 EXPECTED_POSTS = "SELECT id, to_jsonb(p) FROM posts p WHERE deleted_at IS NULL"
+
+
+@contextlib.contextmanager
+def running(env: Env, **settings: str) -> Iterator[list[str]]:
+    """`indexsync run` for the block; then SIGTERM, which must end it with exit 0.
+
+    Yields a list that receives the worker's stderr once it has stopped.
+    """
+    worker = env.spawn("run", **settings)
+    log: list[str] = []
+    try:
+        yield log
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        log.append(err)
+    assert worker.returncode == 0, err
 
 
 @pytest.fixture(params=["row", "statement"])
@@ -195,17 +214,12 @@ def test_a_rolled_back_transaction_leaves_no_trace(posts: Env) -> None:
 def test_changes_made_while_no_worker_runs_are_synced_when_one_starts(posts: Env) -> None:
     posts.sql("INSERT INTO posts (id, title) SELECT g, 'offline' FROM generate_series(1, 300) g")
     posts.sql("UPDATE posts SET deleted_at = now() WHERE id <= 10")
-    worker = posts.spawn("run")
-    try:
+    with running(posts) as log:
         wait_for(lambda: posts.docs("posts") == posts.expected(EXPECTED_POSTS), timeout=30)
         # And live changes keep flowing while it runs (a poll finds them).
         posts.sql("INSERT INTO posts (id, title) VALUES (1000, 'live')")
         wait_for(lambda: "1000" in posts.docs("posts"), timeout=15)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=30)
-    assert worker.returncode == 0, err
-    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    events = [json.loads(line)["event"] for line in log[0].splitlines() if line.startswith("{")]
     assert "worker.signal" in events and events[-1] == "worker.stopped"
 
 
@@ -231,16 +245,11 @@ def test_with_notify_an_idle_worker_wakes_long_before_its_poll(posts: Env) -> No
     posts.overrides["notify"] = "true"
     posts.install()
     assert "pg_notify" in posts.cli("install", "--print-sql").stdout
-    worker = posts.spawn("run", INDEXSYNC_POLL_INTERVAL="600")
-    try:
+    with running(posts, INDEXSYNC_POLL_INTERVAL="600"):
         posts.sql("INSERT INTO posts (id, title) VALUES (1, 'first')")
         wait_for(lambda: "1" in posts.docs("posts"), timeout=20)
         posts.sql("INSERT INTO posts (id, title) VALUES (2, 'woken')")
         wait_for(lambda: "2" in posts.docs("posts"), timeout=20)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=30)
-    assert worker.returncode == 0, err
 
 
 def test_without_notify_the_worker_polls(env: Env) -> None:
