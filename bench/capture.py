@@ -57,6 +57,10 @@ _VARIANTS: dict[str, LiteralString] = {
     """,
 }
 _LOGS = ("indexsync.outbox", "floor_log", "floor_indexed_log")
+_BODY_VARIANTS: dict[str, LiteralString] = {
+    "indexsync_invoker": "",
+    "indexsync_set_search_path": "SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+}
 _ROUNDS = 5
 _BULK_ROUNDS = 3
 
@@ -72,6 +76,28 @@ def _measure(ws: Workspace, per_statement: Workspace, cfg: BenchConfig) -> dict[
         ws.sql(sql.SQL(ddl).format(table=sql.Identifier(table)))
         tables[name] = table
     ws.create_table(tables["none"])
+    # indexsync's own row capture body, called two other ways: without SECURITY DEFINER,
+    # and with the `SET search_path` clause it used before its names were qualified.
+    (body,) = ws.sql(
+        "SELECT prosrc FROM pg_proc WHERE pronamespace = 'indexsync'::regnamespace "
+        "AND proname LIKE 'capture%'"
+    )[0]
+    for name, options in _BODY_VARIANTS.items():
+        table = f"capture_{name}"
+        ws.create_table(table)
+        ws.sql(
+            sql.SQL(
+                "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql {options} AS {body}; "
+                "CREATE TRIGGER {fn} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+            ).format(
+                fn=sql.Identifier(table),
+                options=sql.SQL(options),
+                body=sql.Literal(body),
+                table=sql.Identifier(table),
+            )
+        )
+        tables[name] = table
     spaces = {name: ws for name in tables}
     tables["indexsync_statement"] = per_statement.table
     spaces["indexsync_statement"] = per_statement
@@ -196,14 +222,14 @@ def main() -> int:
     RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     bulk = found["bulk_statements"]
     print(
-        f"{'variant':<20} {'durable tps':>11} {'ratio':>6} {'async tps':>10} {'ratio':>6}"
+        f"{'variant':<26} {'durable tps':>11} {'ratio':>6} {'async tps':>10} {'ratio':>6}"
         f"   {'bulk UPDATE':>11} {'bulk INSERT':>11}"
     )
     for name in found["durable"]:
         d, a = found["durable"][name], found["async_commit"][name]
         up, ins = bulk["update"][name], bulk["insert"][name]
         print(
-            f"{name:<20} {d['tps']:>11,} {d['ratio']:>6.3f} {a['tps']:>10,} {a['ratio']:>6.3f}"
+            f"{name:<26} {d['tps']:>11,} {d['ratio']:>6.3f} {a['tps']:>10,} {a['ratio']:>6.3f}"
             f"   {up['seconds']:>6.2f}s x{up['slowdown']:<4}"
             f" {ins['seconds']:>6.2f}s x{ins['slowdown']}"
         )
