@@ -24,7 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Where the capture trigger's cost goes, variant by variant (about 4 minutes).
+# Where the capture trigger's cost goes, variant by variant (about 7 minutes).
 bench-capture: $(STAMP)
 	$(BIN)/python -m bench.capture
 

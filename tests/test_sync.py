@@ -82,6 +82,37 @@ def test_insert_update_delete_reach_the_index(posts: Env) -> None:
     assert docs["1"]["title"] == "uno" and "2" not in docs
 
 
+def test_upserts_merge_and_copy_reach_the_index(posts: Env) -> None:
+    posts.sql("INSERT INTO posts (id, title) VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+    posts.sql(
+        "INSERT INTO posts (id, title) VALUES (1, 'uno'), (4, 'four') "
+        "ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title"
+    )
+    posts.sql(
+        "MERGE INTO posts p USING (VALUES (2, 'dos'), (3, NULL), (5, 'five')) AS v (id, title) "
+        "ON p.id = v.id "
+        "WHEN MATCHED AND v.title IS NULL THEN DELETE "
+        "WHEN MATCHED THEN UPDATE SET title = v.title "
+        "WHEN NOT MATCHED THEN INSERT (id, title) VALUES (v.id, v.title)"
+    )
+    with (
+        psycopg.connect(posts.database_url) as conn,
+        conn.cursor() as cur,
+        cur.copy("COPY posts (id, title) FROM STDIN") as copy,
+    ):
+        copy.write_row((6, "copied"))
+    posts.sync()
+    docs = posts.docs("posts")
+    assert docs == posts.expected(EXPECTED_POSTS)
+    assert {k: v["title"] for k, v in docs.items()} == {
+        "1": "uno",
+        "2": "dos",
+        "4": "four",
+        "5": "five",
+        "6": "copied",
+    }
+
+
 def test_the_document_is_postgres_own_json(posts: Env) -> None:
     posts.sql(
         "INSERT INTO posts (id, title, body) "
