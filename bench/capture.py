@@ -150,10 +150,11 @@ def _empty_logs(ws: Workspace, per_statement: Workspace) -> None:
     per_statement.sql("TRUNCATE indexsync.outbox")
 
 
-def _timed(ws: Workspace, statement: sql.Composed) -> float:
+def _timed(ws: Workspace, statement: sql.Composed, params: dict[str, Any] | None = None) -> float:
+    """Seconds one statement takes, its commit included."""
     with ws.connect() as conn:
         started = time.monotonic()
-        conn.execute(statement)
+        conn.execute(statement, params)
         conn.commit()
         return time.monotonic() - started
 
@@ -172,12 +173,8 @@ def _bulk(spaces: dict[str, Workspace], tables: dict[str, str], rows: int) -> di
             update = sql.SQL("UPDATE {} SET n = n + 1").format(ident)
             seconds[name]["update"].append(_timed(ws, update))
             insert = sql.SQL(INSERT_RANGE).format(table=ident)
-            with ws.connect() as conn:
-                params = {"first": rows + 1, "last": 2 * rows}
-                started = time.monotonic()
-                conn.execute(insert, params)
-                conn.commit()
-                seconds[name]["insert"].append(time.monotonic() - started)
+            params = {"first": rows + 1, "last": 2 * rows}
+            seconds[name]["insert"].append(_timed(ws, insert, params))
             ws.sql(sql.SQL("DELETE FROM {} WHERE id > %(rows)s").format(ident), {"rows": rows})
             _empty_logs(spaces["none"], spaces["indexsync_statement"])
             ws.sql(sql.SQL("VACUUM {}").format(ident))

@@ -291,6 +291,13 @@ def env(database_url: str, search_server: SearchServer, tmp_path: Path) -> Itera
         world.close()
 
 
+@pytest.fixture(params=["row", "statement"])
+def each_capture(env: Env, request: pytest.FixtureRequest) -> Env:
+    """`env`, once per capture mode: row-level triggers, then statement-level ones."""
+    env.overrides["capture"] = request.param
+    return env
+
+
 def wait_for(
     predicate: Any, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
 ) -> Any:

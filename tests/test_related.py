@@ -65,13 +65,13 @@ sql = "SELECT post_id FROM post_tags WHERE tag_id = ANY(%(keys)s)"
 EXPECTED = f"SELECT q.id, q.doc FROM ({QUERY}) q JOIN posts p ON p.id = q.id WHERE NOT p.draft"
 
 
-@pytest.fixture(params=["row", "statement"])
-def blog(env: Env, request: pytest.FixtureRequest) -> Env:
+@pytest.fixture
+def blog(each_capture: Env) -> Env:
     """posts / authors / tags / post_tags with a query-built `posts` index, installed.
 
     Every test runs with both capture modes: row-level and statement-level triggers.
     """
-    env.overrides["capture"] = request.param
+    env = each_capture
     env.sql(SCHEMA)
     env.sql(
         "INSERT INTO authors VALUES (1, 'Ada'), (2, 'Grace');"
@@ -151,11 +151,10 @@ def test_where_still_applies_to_the_root_table(blog: Env) -> None:
     assert set(blog.docs("posts")) == {"11", "12"}
 
 
-@pytest.mark.parametrize("capture", ["row", "statement"])
-def test_watched_columns_make_unrelated_updates_free(env: Env, capture: str) -> None:
+def test_watched_columns_make_unrelated_updates_free(each_capture: Env) -> None:
     # Transition tables cannot go with `UPDATE OF` column lists: a watching dependency
     # keeps its row-level trigger in both modes.
-    env.overrides["capture"] = capture
+    env = each_capture
     env.sql(SCHEMA)
     env.sql("ALTER TABLE authors ADD COLUMN last_login timestamptz")
     env.sql("INSERT INTO authors VALUES (1, 'Ada'); INSERT INTO posts VALUES (10, 1, 'x')")

@@ -46,13 +46,13 @@ def running(env: Env, **settings: str) -> Iterator[list[str]]:
     assert worker.returncode == 0, err
 
 
-@pytest.fixture(params=["row", "statement"])
-def posts(env: Env, request: pytest.FixtureRequest) -> Env:
+@pytest.fixture
+def posts(each_capture: Env) -> Env:
     """A posts table bound to the `posts` index with a `where` filter, installed.
 
     Every test runs with both capture modes: row-level and statement-level triggers.
     """
-    env.overrides["capture"] = request.param
+    env = each_capture
     env.sql(POSTS)
     env.bindings(
         f"""
