@@ -5,8 +5,10 @@ tables that differ only in their trigger, from no trigger at all up to indexsync
 capture, in both of its modes (`INDEXSYNC_CAPTURE=row`, the default, and `statement`).
 Every variant runs in the same rounds, alternating, so the ratios compare like with like.
 The `floor` variant is the least any trigger-based outbox can do: one row, one column, no
-index, no sequence. It shows what is left to win, and what is physics. A second part times
-batch jobs: one UPDATE of every row, and one INSERT of as many.
+index, no sequence. It shows what is left to win, and what is physics. Two other trigger
+shapes run indexsync's work too: its body from a BEFORE trigger, and `split_when`, per-event
+functions that branch on nothing because the trigger's WHEN clause picks the event. A second
+part times batch jobs: one UPDATE of every row, and one INSERT of as many.
 """
 
 from __future__ import annotations
@@ -56,11 +58,44 @@ _VARIANTS: dict[str, LiteralString] = {
             FOR EACH ROW EXECUTE FUNCTION capture_floor_indexed();
     """,
 }
+# The same outbox rows as indexsync's row capture, from per-event functions that branch on
+# nothing: the trigger's WHEN clause (evaluated in C) picks the event and skips NULL keys.
+_SPLIT_INSERT: LiteralString = (
+    "INSERT INTO indexsync.outbox (index_name, doc_id) VALUES ('split', {rec}.id::text); "
+    "RETURN NULL;"
+)
+_SPLIT_WHEN: LiteralString = (
+    """
+    CREATE FUNCTION capture_split_new() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        AS $$BEGIN """
+    + _SPLIT_INSERT.format(rec="NEW")
+    + """ END$$;
+    CREATE FUNCTION capture_split_old() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        AS $$BEGIN """
+    + _SPLIT_INSERT.format(rec="OLD")
+    + """ END$$;
+    CREATE TRIGGER capture_split_new AFTER INSERT OR UPDATE ON {table}
+        FOR EACH ROW WHEN (NEW.id IS NOT NULL) EXECUTE FUNCTION capture_split_new();
+    CREATE TRIGGER capture_split_old AFTER DELETE ON {table}
+        FOR EACH ROW WHEN (OLD.id IS NOT NULL) EXECUTE FUNCTION capture_split_old();
+    CREATE TRIGGER capture_split_moved AFTER UPDATE ON {table}
+        FOR EACH ROW WHEN (OLD.id IS NOT NULL AND OLD.id::text IS DISTINCT FROM NEW.id::text)
+        EXECUTE FUNCTION capture_split_old();
+"""
+)
+_VARIANTS["split_when"] = _SPLIT_WHEN
 _LOGS = ("indexsync.outbox", "floor_log", "floor_indexed_log")
-_BODY_VARIANTS: dict[str, LiteralString] = {
-    "indexsync_invoker": "",
-    "indexsync_set_search_path": "SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+# name: (function options, trigger timing)
+_BODY_VARIANTS: dict[str, tuple[LiteralString, LiteralString]] = {
+    "indexsync_invoker": ("", "AFTER"),
+    "indexsync_set_search_path": (
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+        "AFTER",
+    ),
+    # A BEFORE trigger skips the after-trigger queue; it must hand the row back.
+    "indexsync_before": ("SECURITY DEFINER", "BEFORE"),
 }
+_BEFORE_RETURN = "IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN RETURN OLD; END IF; RETURN NEW;"
 _ROUNDS = 5
 _BULK_ROUNDS = 3
 
@@ -76,24 +111,28 @@ def _measure(ws: Workspace, per_statement: Workspace, cfg: BenchConfig) -> dict[
         ws.sql(sql.SQL(ddl).format(table=sql.Identifier(table)))
         tables[name] = table
     ws.create_table(tables["none"])
-    # indexsync's own row capture body, called two other ways: without SECURITY DEFINER,
-    # and with the `SET search_path` clause it used before its names were qualified.
+    # indexsync's own row capture body, called three other ways: without SECURITY DEFINER,
+    # with the `SET search_path` clause it used before its names were qualified, and from
+    # a BEFORE trigger.
     (body,) = ws.sql(
         "SELECT prosrc FROM pg_proc WHERE pronamespace = 'indexsync'::regnamespace "
         "AND proname LIKE 'capture%'"
     )[0]
-    for name, options in _BODY_VARIANTS.items():
+    for name, (options, timing) in _BODY_VARIANTS.items():
         table = f"capture_{name}"
         ws.create_table(table)
         ws.sql(
             sql.SQL(
                 "CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql {options} AS {body}; "
-                "CREATE TRIGGER {fn} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                "CREATE TRIGGER {fn} {timing} INSERT OR UPDATE OR DELETE ON {table} "
                 "FOR EACH ROW EXECUTE FUNCTION {fn}()"
             ).format(
                 fn=sql.Identifier(table),
                 options=sql.SQL(options),
-                body=sql.Literal(body),
+                timing=sql.SQL(timing),
+                body=sql.Literal(
+                    body.replace("RETURN NULL;", _BEFORE_RETURN) if timing == "BEFORE" else body
+                ),
                 table=sql.Identifier(table),
             )
         )
