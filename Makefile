@@ -3,7 +3,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test bench bench-capture demo clean
+PROFILE_STAMP := $(VENV)/.profile-installed
+
+.PHONY: install lint test bench bench-capture profile demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +29,14 @@ bench: $(STAMP)
 # Where the capture trigger's cost goes, variant by variant (about 7 minutes).
 bench-capture: $(STAMP)
 	$(BIN)/python -m bench.capture
+
+$(PROFILE_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[profile]'
+	touch $(PROFILE_STAMP)
+
+# Where one worker's CPU goes while it drains the sync backlog, sampled by py-spy.
+profile: $(PROFILE_STAMP)
+	$(BIN)/python -m bench.profile
 
 demo: $(STAMP)
 	$(BIN)/python -m indexsync.demo
