@@ -135,6 +135,7 @@ class _FloorPath:
         self._es = ws.servers.search_client()
         self._queue: queue.SimpleQueue[documents.Op | None] = queue.SimpleQueue()
         self._requests: list[int] = []
+        self._error: BaseException | None = None
         self._sender = threading.Thread(target=self._send, name="floor-sender")
 
     def start(self) -> None:
@@ -147,6 +148,13 @@ class _FloorPath:
         self._queue.put(documents.Op(self._alias, self._alias, str(doc_id), 1, source, True))
 
     def _send(self) -> None:
+        try:
+            self._send_until_told()
+        except BaseException as exc:
+            # Kept for stop(): the writer would otherwise only see writes never acknowledged.
+            self._error = exc
+
+    def _send_until_told(self) -> None:
         while True:
             ops = [self._queue.get()]
             while not self._queue.empty():
@@ -162,10 +170,13 @@ class _FloorPath:
                 return
 
     def stop(self) -> dict[str, Any]:
-        """Stop the sender once it has sent everything."""
+        """Stop the sender once it has sent everything; raise what stopped it early."""
         self._queue.put(None)
-        self._sender.join()
+        if self._sender.ident is not None:
+            self._sender.join()
         self._es.close()
+        if self._error is not None:
+            raise RuntimeError(f"latency floor: the sender failed: {self._error}") from self._error
         return {
             "requests": len(self._requests),
             "docs_per_request_median": statistics.median(self._requests or [0]),

@@ -3,10 +3,10 @@
 The same backlog as `make bench`'s sync figure (BENCH_SCALE applies), drained by one
 `indexsync run --until-idle` that runs under py-spy, sampling every thread 200 times a
 second without pausing it. py-spy leaves out threads that are waiting (on a socket, a lock,
-a sleep), so the samples add up to the worker's active time: set against the wall time of the drain, they
-say how far the worker itself is from being the bottleneck. The collapsed stacks are kept
-in bench/profile.txt (any flame graph tool reads them); the summary lists the frames with
-the most samples, on their own and with what they call.
+a sleep), so the samples add up to the worker's active time: set against the wall time of
+the drain, they say how far the worker itself is from being the bottleneck. The collapsed
+stacks are kept in bench/profile.txt (any flame graph tool reads them); the summary lists
+the frames with the most samples, on their own and with what they call.
 """
 
 from __future__ import annotations
