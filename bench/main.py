@@ -212,6 +212,20 @@ def run_writes(
         "commit": commit_modes["durable"],
     }
     results.add("write_tps_ratio_seed_recipe", tps["recipe_durable"]["ratio"], recipe_detail)
+    floor_detail = {
+        **inputs,
+        "trigger": "appends NEW.id::text to a table with a bigserial primary key: the least "
+        "any trigger feeding an indexed outbox does",
+        "commit": commit_modes["durable"],
+    }
+    results.add("write_tps_ratio_floor_indexed", tps["floor_durable"]["ratio"], floor_detail)
+    # indexsync's capture against that floor: each ratio is taken against the bare table's
+    # rounds run next to it, so the machine's drift between the two runs cancels out.
+    results.add(
+        "write_tps_vs_floor",
+        tps["no_notify_durable"]["ratio"] / tps["floor_durable"]["ratio"],
+        {**floor_detail, "of": "write_tps_ratio / write_tps_ratio_floor_indexed"},
+    )
     results.details["write_tps"] = tps
 
 

@@ -8,7 +8,7 @@ import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import sql
 
@@ -21,6 +21,17 @@ PLAIN_TABLE = "tps_plain"
 SYNCED_TABLE = "tps_synced"
 # The same table with the blog recipe's trigger (NOTIFY with the row as JSON) instead.
 RECIPE_TABLE = "tps_recipe"
+# The same table with the least an indexed outbox can do: its trigger appends the id to a
+# log with a bigserial primary key. What indexsync's capture costs beyond that is its own.
+FLOOR_TABLE = "tps_floor"
+FLOOR_TRIGGER: LiteralString = """
+CREATE TABLE tps_floor_log (seq bigserial PRIMARY KEY, doc_id text);
+CREATE FUNCTION tps_floor_capture() RETURNS trigger LANGUAGE plpgsql
+    AS $$BEGIN INSERT INTO tps_floor_log (doc_id) VALUES (NEW.id::text); RETURN NULL; END$$;
+CREATE TRIGGER tps_floor_capture AFTER INSERT OR UPDATE OR DELETE ON tps_floor
+    FOR EACH ROW EXECUTE FUNCTION tps_floor_capture();
+"""
+_EMPTY_LOGS = "TRUNCATE indexsync.outbox, tps_floor_log"
 
 _SCRIPT = "\\set id random(1, :rows)\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n"
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
@@ -90,7 +101,7 @@ class Pgbench:
 
 
 def prepare(ws: Workspace, rows: int) -> dict[str, Path]:
-    """Identical tables: only `tps_synced` is bound, `tps_recipe` has the recipe's trigger."""
+    """Identical tables: only `tps_synced` is bound; the recipe and the floor have triggers."""
     ws.create_table(PLAIN_TABLE)
     ws.create_table(RECIPE_TABLE)
     ws.sql(
@@ -98,7 +109,9 @@ def prepare(ws: Workspace, rows: int) -> dict[str, Path]:
             channel=sql.Literal("tps_recipe"), table=sql.Identifier(RECIPE_TABLE)
         )
     )
-    tables = (PLAIN_TABLE, SYNCED_TABLE, RECIPE_TABLE)
+    ws.create_table(FLOOR_TABLE)
+    ws.sql(FLOOR_TRIGGER)
+    tables = (PLAIN_TABLE, SYNCED_TABLE, RECIPE_TABLE, FLOOR_TABLE)
     for table in tables:
         ws.insert_range(1, rows, table=table)
         ws.sql(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
@@ -118,9 +131,9 @@ def _rounds(
     for n in range(rounds):
         # Alternating spreads the machine's drift over both sides instead of one.
         without.append(bench.run(scripts[PLAIN_TABLE]))
-        ws.sql("TRUNCATE indexsync.outbox")
+        ws.sql(_EMPTY_LOGS)
         with_.append(bench.run(scripts[table]))
-        ws.sql("TRUNCATE indexsync.outbox")
+        ws.sql(_EMPTY_LOGS)
         say(f"  round {n + 1}/{rounds}: without {without[-1]:,.0f} tps, with {with_[-1]:,.0f} tps")
     return {
         "tps_without": statistics.median(without),
@@ -154,6 +167,8 @@ def measure_write_tps(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
             results[key] = _rounds(ws, bench, scripts, cfg.tps_rounds, SYNCED_TABLE)
     say(f"write TPS, the blog recipe's trigger, durable: {cfg.tps_rounds} rounds")
     results["recipe_durable"] = _rounds(ws, durable, scripts, cfg.tps_rounds, RECIPE_TABLE)
+    say(f"write TPS, the floor (an indexed one-column log), durable: {cfg.tps_rounds} rounds")
+    results["floor_durable"] = _rounds(ws, durable, scripts, cfg.tps_rounds, FLOOR_TABLE)
     results["command"] = " ".join([*durable.command(Path("SCRIPT.sql"))[:-1], "DATABASE_URL"])
     results["async_commit_env"] = "PGOPTIONS='-c synchronous_commit=off'"
     results["script"] = _SCRIPT.format(table="<table>")
