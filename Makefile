@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 PROFILE_STAMP := $(VENV)/.profile-installed
 
-.PHONY: install lint test bench bench-capture profile demo clean
+.PHONY: install lint test bench bench-capture bench-tune profile demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Where the capture trigger's cost goes, variant by variant (about 7 minutes).
+# Where the capture trigger's cost goes, variant by variant (about 8 minutes).
 bench-capture: $(STAMP)
 	$(BIN)/python -m bench.capture
+
+# How the worker's defaults were chosen: batch size, bulk concurrency, poll interval swept.
+bench-tune: $(STAMP)
+	$(BIN)/python -m bench.tune
 
 $(PROFILE_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[profile]'

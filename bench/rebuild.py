@@ -10,6 +10,9 @@ from psycopg import sql
 from bench.console import say
 from bench.workload import Workspace
 
+# Far beyond any rebuild seen here (200-300 s for a million rows): past it, it is stuck.
+_REINDEX_TIMEOUT_S = 1800.0
+
 
 def measure_reindex(ws: Workspace, rows: int) -> tuple[float, dict[str, Any]]:
     """Load `rows` with triggers disabled (like a restore), then time a full rebuild."""
@@ -21,7 +24,7 @@ def measure_reindex(ws: Workspace, rows: int) -> tuple[float, dict[str, Any]]:
     ws.sql(sql.SQL("ANALYZE {}").format(table))
     say(f"reindex: {rows} rows loaded in {load_s:.1f}s with triggers disabled")
     started = time.monotonic()
-    out = ws.cli("reindex")
+    out = ws.cli("reindex", timeout=_REINDEX_TIMEOUT_S)
     seconds = time.monotonic() - started
     with ws.servers.search_client() as es:
         indexed = ws.index_count(es)

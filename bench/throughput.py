@@ -156,9 +156,11 @@ def batch_profile(events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure_sync(ws: Workspace, rows: int) -> tuple[float, dict[str, Any]]:
+def measure_sync(
+    ws: Workspace, rows: int, settings: dict[str, str] | None = None
+) -> tuple[float, dict[str, Any]]:
     """Drain the backlog with one `indexsync run --until-idle`; time from start to exit."""
-    worker = ws.worker(until_idle=True)
+    worker = ws.worker(until_idle=True, settings=settings)
     code = worker.wait(_SYNC_TIMEOUT_S)
     seconds = time.monotonic() - worker.started
     if code != 0:

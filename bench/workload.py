@@ -163,7 +163,7 @@ class Workspace:
         env.update({f"INDEXSYNC_{key.upper()}": value for key, value in settings.items()})
         return env
 
-    def cli(self, *args: str, **settings: str) -> str:
+    def cli(self, *args: str, timeout: float = 300.0, **settings: str) -> str:
         """Run `indexsync ARGS` and return its output; raise with stderr when it fails."""
         result = subprocess.run(
             [python_executable(), "-m", "indexsync", *args],
@@ -171,7 +171,7 @@ class Workspace:
             cwd=self.root,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout,
         )
         if result.returncode != 0:
             raise RuntimeError(
