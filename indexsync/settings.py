@@ -88,7 +88,8 @@ class Settings(BaseSettings):
         le=64,
         description="Bulk requests in flight at once. With a backlog the worker runs one "
         "batch more than this in parallel, each with its own connection, so the next batch "
-        "is read while the requests are in flight; reindex keeps two pages in flight.",
+        "is read while the requests are in flight (with 1, batches run one after another); "
+        "reindex keeps two pages in flight.",
     )
     bulk_max_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest body of one bulk request."

@@ -174,6 +174,21 @@ def test_a_multi_row_statement_syncs_every_row(posts: Env) -> None:
     assert docs == posts.expected(EXPECTED_POSTS)
 
 
+@pytest.mark.parametrize("bulk_concurrency", [1, 2])
+def test_a_backlog_of_many_batches_drains_whatever_the_bulk_concurrency(
+    posts: Env, bulk_concurrency: int
+) -> None:
+    # One bulk slot means no parallel lanes: the drain must still loop until the outbox
+    # is empty, or `run --until-idle` exits with a backlog left behind.
+    posts.sql(
+        "INSERT INTO posts (id, title) SELECT g, 'post ' || g FROM generate_series(1, 1000) g"
+    )
+    totals = posts.sync(batch_size=150, bulk_concurrency=bulk_concurrency)
+    assert totals.changes == 1000
+    assert posts.sql("SELECT count(*) FROM indexsync.outbox") == [(0,)]
+    assert posts.docs("posts") == posts.expected(EXPECTED_POSTS)
+
+
 def test_truncate_empties_the_index_but_keeps_later_rows(posts: Env) -> None:
     posts.sql("INSERT INTO posts (id, title) SELECT g, 't' FROM generate_series(1, 50) g")
     posts.sync()
