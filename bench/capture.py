@@ -29,35 +29,10 @@ from bench.console import say
 from bench.procs import ProcessGroup
 from bench.servers import started
 from bench.workload import INSERT_RANGE, Workspace
-from bench.writes import _SCRIPT, Pgbench
+from bench.writes import _SCRIPT, FLOOR_INDEXED_LOG, FLOOR_INDEXED_TRIGGER, Pgbench
 
 RESULTS_PATH = Path(__file__).resolve().parent / "capture-results.json"
 
-# Extra variants beside `none` (no trigger) and `indexsync` (the bound table).
-_VARIANTS: dict[str, LiteralString] = {
-    "empty_trigger": """
-        CREATE FUNCTION capture_empty() RETURNS trigger LANGUAGE plpgsql
-            AS $$BEGIN RETURN NULL; END$$;
-        CREATE TRIGGER capture_empty AFTER INSERT OR UPDATE OR DELETE ON {table}
-            FOR EACH ROW EXECUTE FUNCTION capture_empty();
-    """,
-    "floor": """
-        CREATE TABLE floor_log (doc_id text);
-        CREATE FUNCTION capture_floor() RETURNS trigger LANGUAGE plpgsql
-            AS $$BEGIN INSERT INTO floor_log VALUES (NEW.id::text); RETURN NULL; END$$;
-        CREATE TRIGGER capture_floor AFTER INSERT OR UPDATE OR DELETE ON {table}
-            FOR EACH ROW EXECUTE FUNCTION capture_floor();
-    """,
-    "floor_indexed": """
-        CREATE TABLE floor_indexed_log (seq bigserial PRIMARY KEY, doc_id text);
-        CREATE FUNCTION capture_floor_indexed() RETURNS trigger LANGUAGE plpgsql
-            AS $$BEGIN
-                INSERT INTO floor_indexed_log (doc_id) VALUES (NEW.id::text); RETURN NULL;
-            END$$;
-        CREATE TRIGGER capture_floor_indexed AFTER INSERT OR UPDATE OR DELETE ON {table}
-            FOR EACH ROW EXECUTE FUNCTION capture_floor_indexed();
-    """,
-}
 # The same outbox rows as indexsync's row capture, from per-event functions that branch on
 # nothing: the trigger's WHEN clause (evaluated in C) picks the event and skips NULL keys.
 _SPLIT_INSERT: LiteralString = (
@@ -83,8 +58,25 @@ _SPLIT_WHEN: LiteralString = (
         EXECUTE FUNCTION capture_split_old();
 """
 )
-_VARIANTS["split_when"] = _SPLIT_WHEN
-_LOGS = ("indexsync.outbox", "floor_log", "floor_indexed_log")
+# Extra variants beside `none` (no trigger) and `indexsync` (the bound table).
+_VARIANTS: dict[str, LiteralString] = {
+    "empty_trigger": """
+        CREATE FUNCTION capture_empty() RETURNS trigger LANGUAGE plpgsql
+            AS $$BEGIN RETURN NULL; END$$;
+        CREATE TRIGGER capture_empty AFTER INSERT OR UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION capture_empty();
+    """,
+    "floor": """
+        CREATE TABLE floor_log (doc_id text);
+        CREATE FUNCTION capture_floor() RETURNS trigger LANGUAGE plpgsql
+            AS $$BEGIN INSERT INTO floor_log VALUES (NEW.id::text); RETURN NULL; END$$;
+        CREATE TRIGGER capture_floor AFTER INSERT OR UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION capture_floor();
+    """,
+    "floor_indexed": FLOOR_INDEXED_TRIGGER,
+    "split_when": _SPLIT_WHEN,
+}
+_LOGS = ("indexsync.outbox", "floor_log", FLOOR_INDEXED_LOG)
 # name: (function options, trigger timing)
 _BODY_VARIANTS: dict[str, tuple[LiteralString, LiteralString]] = {
     "indexsync_invoker": ("", "AFTER"),

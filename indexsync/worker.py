@@ -230,16 +230,9 @@ class Worker:
         if first < self.settings.batch_size or self.stop.is_set():
             return first
         if self._lanes is None:
-            # One bulk slot: batches run one after another, on the worker's own connection,
-            # until one comes back short. Stopping after the first would leave a backlog
-            # for the next poll, and `run --until-idle` would exit with it.
-            done = first
-            while not self.stop.is_set():
-                n = self.process_batch(self._connect(listen=False))
-                done += n
-                if n < self.settings.batch_size:
-                    break
-            return done
+            # One bulk slot: the worker's own connection is the only lane, and it runs
+            # batches until one comes back short, like every lane of a parallel drain.
+            return first + self._lane(self._connect(listen=False), threading.Event())
         # A backlog: several batches in flight, each in its own transaction and connection,
         # coordinated like separate workers (SKIP LOCKED claims, versioned writes).
         # One lane more than bulk slots: while every slot has a request in flight, the spare
