@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from indexsync.errors import ConfigError
+from indexsync.keys import Key
 
 # Elasticsearch's rules for index names, which aliases share; `-<n>` is added for physical names.
 _FORBIDDEN = set('\\/*?"<>| ,#:')
@@ -33,9 +34,18 @@ class DependSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     table: str = Field(min_length=1)
-    key: str | None = Field(default=None, min_length=1)
+    # One column holding the document id; for a root table with a composite key, a list of
+    # columns holding the root's key values, in the root key's order.
+    key: str | list[str] | None = Field(default=None, min_length=1)
     sql: str | None = Field(default=None, min_length=1)
     columns: list[str] | None = None
+
+    @property
+    def key_columns(self) -> list[str] | None:
+        """`key` as a list of columns."""
+        if self.key is None:
+            return None
+        return [self.key] if isinstance(self.key, str) else list(self.key)
 
     @model_validator(mode="after")
     def _key_or_sql(self) -> DependSpec:
@@ -189,7 +199,8 @@ class Dependency:
 
     schema: str
     table: str
-    key: str | None
+    # The columns that hold the root's key (the document id), or None with `expand`.
+    key: tuple[str, ...] | None
     expand: str | None
     pk: str
     pk_type: str
@@ -213,10 +224,10 @@ class Binding:
     alias: str
     schema: str
     table: str
-    key: str
-    key_type: str
+    key: Key
+    # The listed columns that the table has now (None: the whole row). A column added
+    # later is never in it; one dropped since install falls out of it (see `resolve`).
     columns: tuple[str, ...] | None
-    excluded: tuple[str, ...]
     where: str | None
     query: str | None = None
     depends: tuple[Dependency, ...] = ()
@@ -258,19 +269,46 @@ ORDER BY array_position(i.indkey, a.attnum)
 """
 
 
-def resolve(conn: psycopg.Connection[Any], spec: BindingsFile, source: Path) -> dict[str, Binding]:
-    """Check every binding against the catalog and return what SQL generation needs."""
+def resolve(
+    conn: psycopg.Connection[Any], spec: BindingsFile, source: Path, *, strict: bool = True
+) -> dict[str, Binding]:
+    """Check every binding against the catalog and return what SQL generation needs.
+
+    With `strict` off, a listed column the table no longer has is left out of the documents
+    (as a running worker does) instead of being an error.
+    """
     return {
-        alias: _resolve_one(conn, alias, index, source) for alias, index in spec.indexes.items()
+        alias: _resolve_one(conn, alias, index, source, strict=strict)
+        for alias, index in spec.indexes.items()
     }
+
+
+def resolve_each(
+    conn: psycopg.Connection[Any], spec: BindingsFile, source: Path
+) -> tuple[dict[str, Binding], dict[str, ConfigError]]:
+    """Resolve bindings one by one, as a running worker must: one broken binding is not fatal.
+
+    A listed column that the table no longer has is left out of the documents instead of
+    failing the binding, so a migration that drops it does not stop the index.
+    """
+    good: dict[str, Binding] = {}
+    broken: dict[str, ConfigError] = {}
+    for alias, index in spec.indexes.items():
+        try:
+            # A savepoint: a failed probe must not abort the caller's transaction.
+            with conn.transaction():
+                good[alias] = _resolve_one(conn, alias, index, source, strict=False)
+        except ConfigError as exc:
+            broken[alias] = exc
+    return good, broken
 
 
 @dataclass(frozen=True)
 class _Table:
     schema: str
     table: str
-    key: str
-    key_type: str
+    key: tuple[str, ...]
+    key_types: tuple[str, ...]
     columns: dict[str, str]
 
 
@@ -293,15 +331,11 @@ def _table(conn: psycopg.Connection[Any], name: str, ctx: str) -> _Table:
             raise ConfigError(
                 f"{ctx}: table {name!r} has no primary key; indexsync uses it as the document _id"
             )
-        if len(key) > 1:
-            names = ", ".join(col for col, _ in key)
-            raise ConfigError(
-                f"{ctx}: table {name!r} has a composite primary key ({names}); "
-                "only single-column keys are supported"
-            )
         cur.execute(_TABLE_COLUMNS, {"oid": oid})
         columns = {col: type_ for col, type_ in cur.fetchall()}
-    return _Table(schema, table, key[0][0], key[0][1], columns)
+    return _Table(
+        schema, table, tuple(col for col, _ in key), tuple(type_ for _, type_ in key), columns
+    )
 
 
 def _unknown(columns: list[str], table: _Table, ctx: str) -> None:
@@ -314,43 +348,59 @@ def _unknown(columns: list[str], table: _Table, ctx: str) -> None:
 
 
 def _resolve_one(
-    conn: psycopg.Connection[Any], alias: str, spec: IndexSpec, source: Path
+    conn: psycopg.Connection[Any], alias: str, spec: IndexSpec, source: Path, *, strict: bool
 ) -> Binding:
     here = f"{source}: [indexes.{alias}]"
     root = _table(conn, spec.table, f"{here} key 'table'")
+    key = Key(root.key, root.key_types)
+    columns: tuple[str, ...] | None = None
     if spec.columns is not None:
-        _unknown(spec.columns, root, f"{here} key 'columns'")
+        if strict:
+            _unknown(spec.columns, root, f"{here} key 'columns'")
+        columns = tuple(c for c in spec.columns if c in root.columns)
     depends = []
     for n, dep_spec in enumerate(spec.depends, start=1):
-        table = _table(conn, dep_spec.table, f"{here} key 'depends[{n}].table'")
-        if dep_spec.key is not None:
-            _unknown([dep_spec.key], table, f"{here} key 'depends[{n}].key'")
+        ctx = f"{here} key 'depends[{n}]"
+        table = _table(conn, dep_spec.table, f"{ctx}.table'")
+        dep_key = dep_spec.key_columns
+        if dep_key is not None:
+            _unknown(dep_key, table, f"{ctx}.key'")
+            if len(dep_key) != len(key.columns):
+                raise ConfigError(
+                    f"{ctx}.key': names {len(dep_key)} column(s), but the key of "
+                    f"{root.schema}.{root.table} has {len(key.columns)} ({key.display}); "
+                    "list the columns that hold its values, in that order"
+                )
+        elif len(table.key) > 1:
+            raise ConfigError(
+                f"{ctx}.sql': table {dep_spec.table!r} has a composite primary key "
+                f"({', '.join(table.key)}); a dependency through 'sql' needs a single-column "
+                "key. Give 'key' instead: the columns that hold the document's key"
+            )
         if dep_spec.columns is not None:
-            _unknown(dep_spec.columns, table, f"{here} key 'depends[{n}].columns'")
+            _unknown(dep_spec.columns, table, f"{ctx}.columns'")
         watched = dep_spec.columns
-        if watched is not None and dep_spec.key is not None and dep_spec.key not in watched:
+        if watched is not None and dep_key is not None:
             # Moving a child to another parent must always be seen.
-            watched = [*watched, dep_spec.key]
+            watched = [*watched, *(c for c in dep_key if c not in watched)]
         dep = Dependency(
             table.schema,
             table.table,
-            dep_spec.key,
-            dep_spec.sql,
-            table.key,
-            table.key_type,
+            tuple(dep_key) if dep_key is not None else None,
+            _escaped_keys_sql(dep_spec.sql) if dep_spec.sql is not None else None,
+            table.key[0],
+            table.key_types[0],
             tuple(watched) if watched is not None else None,
         )
         if dep.expand is not None:
-            _check_depend_sql(conn, dep, f"{here} key 'depends[{n}].sql'")
+            _check_depend_sql(conn, dep, len(key.columns), f"{ctx}.sql'")
         depends.append(dep)
     binding = Binding(
         alias=alias,
         schema=root.schema,
         table=root.table,
-        key=root.key,
-        key_type=root.key_type,
-        columns=tuple(spec.columns) if spec.columns is not None else None,
-        excluded=tuple(c for c in root.columns if spec.columns and c not in spec.columns),
+        key=key,
+        columns=columns,
         where=spec.where,
         query=spec.query,
         depends=tuple(depends),
@@ -372,26 +422,48 @@ def _check_query(conn: psycopg.Connection[Any], binding: Binding, where: str) ->
     except psycopg.Error as exc:
         message = exc.diag.message_primary or str(exc)
         raise ConfigError(f"{where} key 'query': the query fails: {message}") from None
-    missing = [name for name in ("id", "doc") if name not in names]
+    wanted = [*query_key_columns(binding), "doc"]
+    missing = [name for name in wanted if name not in names]
     if missing:
         raise ConfigError(
-            f"{where} key 'query': it must yield columns 'id' and 'doc' "
+            f"{where} key 'query': it must yield columns "
+            f"{', '.join(map(repr, wanted[:-1]))} and {wanted[-1]!r} "
             f"(missing: {', '.join(missing)}; it yields: {', '.join(names) or 'nothing'})"
         )
 
 
-def _check_depend_sql(conn: psycopg.Connection[Any], dep: Dependency, where: str) -> None:
+def query_key_columns(binding: Binding) -> list[str]:
+    """The columns a `query` yields the root key in: `id`, or each key column by name."""
+    return list(binding.key.columns) if binding.key.composite else ["id"]
+
+
+def user_sql(text: str) -> sql.SQL:
+    """SQL from the bindings file, to run with parameters: a `%` in it stays a `%`."""
+    return sql.SQL(text.replace("%", "%%"))
+
+
+def _escaped_keys_sql(text: str) -> str:
+    # Every % is literal except the one placeholder the contract defines.
+    return text.replace("%", "%%").replace("%%(keys)s", "%(keys)s")
+
+
+def _check_depend_sql(
+    conn: psycopg.Connection[Any], dep: Dependency, width: int, where: str
+) -> None:
     assert dep.expand is not None
     probe = sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(dep.expand))
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(probe, {"keys": []}, prepare=True)
-            width = len(cur.description or [])
+            got = len(cur.description or [])
     except psycopg.Error as exc:
         message = exc.diag.message_primary or str(exc)
         raise ConfigError(f"{where}: the query fails: {message}") from None
-    if width != 1:
-        raise ConfigError(f"{where}: it must yield exactly one column, the document id")
+    if got != width:
+        raise ConfigError(
+            f"{where}: it must yield exactly {width} column(s), the document's key"
+            + (" (one per key column, in key order)" if width > 1 else " (the document id)")
+        )
 
 
 def _check_where(conn: psycopg.Connection[Any], binding: Binding, where: str) -> None:

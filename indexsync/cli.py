@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from indexsync import __version__, db, logs, outbox, verify
-from indexsync.bindings import Binding, BindingsFile, load_bindings, resolve
+import psycopg
+
+from indexsync import __version__, db, logs, migrations, outbox, verify
+from indexsync.bindings import Binding, BindingsFile, load_bindings, resolve, resolve_each
 from indexsync.errors import ConfigError, IndexsyncError
 from indexsync.install import check, install, print_sql, uninstall
 from indexsync.metrics import Monitor, ping_search
@@ -48,7 +50,9 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
         report = install(settings, spec, search, backfill=not args.no_backfill)
     finally:
         search.close()
-    if not report.statements and not report.created_indexes:
+    if report.migrations:
+        print(f"indexsync schema migrated to version {report.migrations[-1]}")
+    if not report.statements and not report.created_indexes and not report.migrations:
         print("indexsync is installed; nothing to change")
     else:
         for name in report.created_indexes:
@@ -59,9 +63,25 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload(
+    spec: BindingsFile, settings: Settings, conn: psycopg.Connection[Any]
+) -> tuple[dict[str, Binding], dict[str, str]]:
+    """The bindings file resolved binding by binding, as a running worker needs it."""
+    good, broken = resolve_each(conn, spec, settings.config)
+    return good, {alias: str(exc) for alias, exc in broken.items()}
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or until idle)."""
-    bindings, _ = _selected(settings, [])
+    spec = _bindings(settings)
+    conn = db.connect(settings, autocommit=True, role="cli")
+    try:
+        with db.translated():
+            bindings, broken = _reload(spec, settings, conn)
+    finally:
+        conn.close()
+    for alias, reason in broken.items():
+        log.error("binding.broken_at_start", index=alias, reason=reason)
     stop = threading.Event()
 
     def on_signal(signum: int, _: Any) -> None:
@@ -73,7 +93,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     search = _search(settings)
     monitor = Monitor(
         connect=partial(db.connect, settings, autocommit=True, role="health"),
-        aliases=list(bindings),
+        aliases=list(spec.indexes),
         ping=ping_search(search, min(settings.elasticsearch_request_timeout, 5.0)),
         port=settings.metrics_port,
         host=settings.metrics_host,
@@ -84,7 +104,14 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         with (
             monitor,
             Worker(
-                settings, bindings, search, stop, metrics=monitor.metrics, health=monitor.health
+                settings,
+                bindings,
+                search,
+                stop,
+                metrics=monitor.metrics,
+                health=monitor.health,
+                broken=broken,
+                reload=partial(_reload, spec, settings),
             ) as worker,
         ):
             worker.run(until_idle=args.until_idle)
@@ -99,11 +126,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     conn = db.connect(settings, autocommit=True, role="status")
     try:
         with db.translated():
-            installed = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
-            if not installed or not installed[0]:
-                raise IndexsyncError(
-                    "indexsync is not installed in this database: run `indexsync install`"
-                )
+            migrations.require_current(conn)
             rows = collect(conn, list(spec.indexes))
             for row in rows:
                 row.judge(settings.stall_seconds)
@@ -159,14 +182,25 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if args.json:
-        keys = ("id", "index", "doc_id", "seq", "status", "error_type", "reason", "failed_at")
+        keys = (
+            "id",
+            "index",
+            "doc_id",
+            "seq",
+            "status",
+            "error_type",
+            "reason",
+            "failed_at",
+            "sqlstate",
+        )
         print(
             json.dumps([dict(zip(keys, row, strict=True)) for row in rows], default=str, indent=2)
         )
     else:
-        for id_, index, doc_id, seq, status, error_type, reason, failed_at in rows:
+        for id_, index, doc_id, seq, status, error_type, reason, failed_at, state in rows:
+            code = status if status is not None else f"SQLSTATE {state}"
             print(
-                f"{id_}\t{index}\t{doc_id}\tseq={seq}\t{status} {error_type}: {reason}"
+                f"{id_}\t{index}\t{doc_id}\tseq={seq}\t{code} {error_type}: {reason}"
                 f"\t{failed_at:%Y-%m-%d %H:%M:%S}"
             )
         if not rows:
@@ -188,7 +222,8 @@ def _selected(
     conn = db.connect(settings, autocommit=True, role="cli")
     try:
         with db.translated():
-            bindings = resolve(conn, spec, settings.config)
+            # Like the worker: a listed column dropped by a migration is not an error here.
+            bindings = resolve(conn, spec, settings.config, strict=False)
     finally:
         conn.close()
     return bindings, {alias: b for alias, b in bindings.items() if not aliases or alias in aliases}

@@ -11,51 +11,91 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from indexsync.bindings import Binding, Dependency
+from indexsync.bindings import Binding, Dependency, query_key_columns, user_sql
+from indexsync.keys import Key
 from indexsync.outbox import KIND_KEY, KIND_TRUNCATE, Change
 
+# jsonb_build_object takes at most 100 arguments: 50 columns per call, joined with ||.
+_PAIRS_PER_CALL = 50
 
-def document_expr(binding: Binding) -> sql.Composable:
-    """PostgreSQL's own JSON rendering of a row, cut to the binding's columns."""
-    row = sql.SQL("to_jsonb({}.*)").format(sql.Identifier(binding.table))
-    if not binding.excluded:
-        return row
-    return sql.SQL("({} - {}::text[])").format(row, sql.Literal(list(binding.excluded)))
+
+def document_expr(binding: Binding, rel: sql.Composable) -> sql.Composable:
+    """PostgreSQL's own JSON rendering of a row, or of just the binding's listed columns.
+
+    Listed columns are an allow-list built column by column, so a column added to the table
+    later can never reach a document, whenever the worker last started.
+    """
+    if binding.columns is None:
+        return sql.SQL("pg_catalog.to_jsonb({}.*)").format(rel)
+    if not binding.columns:
+        return sql.SQL("'{}'::pg_catalog.jsonb")
+    calls = []
+    for start in range(0, len(binding.columns), _PAIRS_PER_CALL):
+        pairs = binding.columns[start : start + _PAIRS_PER_CALL]
+        calls.append(
+            sql.SQL("pg_catalog.jsonb_build_object({})").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{}, {}.{}").format(sql.Literal(c), rel, sql.Identifier(c))
+                    for c in pairs
+                )
+            )
+        )
+    return sql.SQL(" OPERATOR(pg_catalog.||) ").join(calls)
 
 
 def _filters(binding: Binding) -> sql.Composable:
     if binding.where is None:
         return sql.SQL("")
-    return sql.SQL(" AND ({})").format(sql.SQL(binding.where))
+    return sql.SQL(" AND ({})").format(user_sql(binding.where))
 
 
 def source_query(binding: Binding) -> sql.Composable:
-    """Every document the binding produces: the typed key `_key` and the JSON `_doc`."""
-    table, key = binding.table_ident, sql.Identifier(binding.key)
+    """Every document the binding produces: the typed key slots `_k0`... and the JSON `_doc`."""
+    table, key = binding.table_ident, binding.key
     if binding.query is None:
-        return sql.SQL(
-            "SELECT {table}.{key} AS _key, {doc} AS _doc FROM {table} WHERE true{f}"
-        ).format(table=table, key=key, doc=document_expr(binding), f=_filters(binding))
+        slots = sql.SQL(", ").join(
+            sql.SQL("{}.{} AS {}").format(table, sql.Identifier(col), slot)
+            for col, slot in zip(key.columns, key.slots(), strict=True)
+        )
+        return sql.SQL("SELECT {slots}, {doc} AS _doc FROM {table} WHERE true{f}").format(
+            slots=slots, table=table, doc=document_expr(binding, table), f=_filters(binding)
+        )
+    yielded = query_key_columns(binding)
     # `where` is about the root table, whatever the query joins.
     root_filter = (
-        sql.SQL(" AND EXISTS (SELECT 1 FROM {table} WHERE {table}.{key} = q.id{f})").format(
-            table=table, key=key, f=_filters(binding)
+        sql.SQL(" AND EXISTS (SELECT 1 FROM {table} WHERE {match}{f})").format(
+            table=table,
+            match=sql.SQL(" AND ").join(
+                sql.SQL("{}.{} = q.{}").format(table, sql.Identifier(col), sql.Identifier(out))
+                for col, out in zip(key.columns, yielded, strict=True)
+            ),
+            f=_filters(binding),
         )
         if binding.where is not None
         else sql.SQL("")
     )
-    return sql.SQL("SELECT q.id AS _key, q.doc AS _doc FROM ({query}) AS q WHERE true{f}").format(
-        query=sql.SQL(binding.query), f=root_filter
+    slots = sql.SQL(", ").join(
+        sql.SQL("q.{} AS {}").format(sql.Identifier(out), slot)
+        for out, slot in zip(yielded, key.slots(), strict=True)
     )
+    return sql.SQL("SELECT {slots}, q.doc AS _doc FROM ({query}) AS q WHERE true{f}").format(
+        slots=slots, query=user_sql(binding.query), f=root_filter
+    )
+
+
+_S = sql.Identifier("s")
 
 
 def fetch_by_ids_query(binding: Binding) -> sql.Composed:
     """Re-read the documents of the given ids; a missing id means delete."""
     # PostgreSQL flattens the subquery, so the id filter reaches the root table's key index.
     return sql.SQL(
-        "SELECT s._key::text, s._doc::text FROM ({source}) AS s "
-        "WHERE s._key = ANY(%(ids)s::text[]::{key_type}[])"
-    ).format(source=source_query(binding), key_type=sql.SQL(binding.key_type))
+        "SELECT {id}, s._doc::pg_catalog.text FROM ({source}) AS s WHERE {match}"
+    ).format(
+        id=binding.key.id_of_slots(_S),
+        source=source_query(binding),
+        match=binding.key.matches(_S, sql.SQL("%(ids)s")),
+    )
 
 
 def fetch_documents(
@@ -155,14 +195,19 @@ def chunk_bodies(
 def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
     """One keyset page of documents in key order, after `%(after)s` when resuming."""
     after = (
-        sql.SQL("WHERE s._key > %(after)s::text::{}").format(sql.SQL(binding.key_type))
+        sql.SQL("WHERE {}").format(binding.key.after(_S, sql.SQL("%(after)s")))
         if resume
         else sql.SQL("")
     )
     return sql.SQL(
-        "SELECT s._key::text, s._doc::text FROM ({source}) AS s {after} "
-        "ORDER BY s._key LIMIT %(limit)s"
-    ).format(source=source_query(binding), after=after)
+        "SELECT {id}, s._doc::pg_catalog.text FROM ({source}) AS s {after} "
+        "ORDER BY {order} LIMIT %(limit)s"
+    ).format(
+        id=binding.key.id_of_slots(_S),
+        source=source_query(binding),
+        after=after,
+        order=binding.key.order(_S),
+    )
 
 
 def id_filter_plan_query(binding: Binding) -> sql.Composed:
@@ -171,12 +216,12 @@ def id_filter_plan_query(binding: Binding) -> sql.Composed:
 
 
 def key_check_query(binding: Binding) -> sql.Composed:
-    """Fails with a DataError when `%s` is not a valid key of the table."""
-    return sql.SQL("SELECT %s::text::{}").format(sql.SQL(binding.key_type))
+    """Fails with a DataError when `%(ids)s` holds an id that is not a valid key."""
+    return binding.key.check()
 
 
 def count_query(binding: Binding) -> sql.Composed:
-    """How many documents the binding produces."""
+    """How many documents the binding produces (run it with parameters, even empty ones)."""
     return sql.SQL("SELECT count(*) FROM ({}) AS s").format(source_query(binding))
 
 
@@ -192,15 +237,20 @@ def typed_keys(pk_type: str, keys: Iterable[str]) -> list[Any]:
     return list(keys)
 
 
+def expand_query(key: Key, dep: Dependency) -> sql.Composed:
+    """The dependency's `sql`, its columns renamed by position to the key's slots."""
+    assert dep.expand is not None
+    return sql.SQL("SELECT {id} FROM ({user}) AS e({slots}) WHERE e._k0 IS NOT NULL").format(
+        id=key.id_of_slots(sql.Identifier("e")),
+        user=sql.SQL(dep.expand),
+        slots=sql.SQL(", ").join(key.slots()),
+    )
+
+
 def expand_dependency(
-    conn: psycopg.Connection[Any], dep: Dependency, keys: Iterable[str]
+    conn: psycopg.Connection[Any], key: Key, dep: Dependency, keys: Iterable[str]
 ) -> set[str]:
     """Document ids that changed rows of a dependent table map to, through its `sql`."""
-    assert dep.expand is not None
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(dep.expand),
-            {"keys": typed_keys(dep.pk_type, keys)},
-            prepare=True,
-        )
+        cur.execute(expand_query(key, dep), {"keys": typed_keys(dep.pk_type, keys)}, prepare=True)
         return {str(row[0]) for row in cur.fetchall() if row[0] is not None}

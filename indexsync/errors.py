@@ -39,6 +39,10 @@ class IndexMissing(ConfigError):
     """An index or alias that a binding needs does not exist."""
 
 
+class SchemaVersionMismatch(ConfigError):
+    """The indexsync schema in the database is not the version this release needs."""
+
+
 class SequenceRegression(IndexsyncError):
     """The index holds versions newer than the database's change sequence."""
 

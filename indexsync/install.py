@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from indexsync import db, documents, outbox
+from indexsync import db, documents, migrations, outbox, refresh
 from indexsync.bindings import Binding, BindingsFile, load_mapping, resolve
 from indexsync.errors import ConfigError, IndexsyncError, SearchError
 from indexsync.logs import get_logger
@@ -67,6 +67,7 @@ class InstallReport:
     statements: int = 0
     backfilled: dict[str, int] = field(default_factory=dict)
     dropped_triggers: list[str] = field(default_factory=list)
+    migrations: list[int] = field(default_factory=list)
 
 
 def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any]]:
@@ -96,9 +97,10 @@ def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], obj
             conn.execute("SET TRANSACTION READ ONLY")
             bindings = resolve(conn, spec, settings.config)
             ddl = _desired_ddl(conn, bindings, settings.notify, settings.capture)
+            version = migrations.installed_version(conn)
             write("BEGIN;\n")
             write(f"{outbox.CREATE_SCHEMA_IF_MISSING};\n")
-            write(outbox.schema_sql())
+            write(migrations.script(conn, version))
             for key, value in _meta(settings):
                 write(
                     sql.SQL(outbox.SET_META.replace("%s", "{}"))
@@ -132,12 +134,17 @@ def install(
                 exists = conn.execute(outbox.SCHEMA_EXISTS).fetchone()
                 if not exists or not exists[0]:
                     conn.execute(outbox.CREATE_SCHEMA)
-                conn.execute(outbox.schema_sql())
+                for step in migrations.apply_pending(conn):
+                    report.migrations.append(step.number)
+                    log.info("install.migrated", version=step.number, name=step.name)
                 bindings = resolve(conn, spec, settings.config)
                 new_aliases = _ensure_indexes(settings, search, bindings, mappings, report)
                 _converge_triggers(conn, bindings, settings.notify, settings.capture, report)
                 for key, value in _meta(settings):
                     conn.execute(outbox.SET_META, (key, value))
+                for binding in bindings.values():
+                    # A table changed since last seen: its documents are refreshed by workers.
+                    refresh.observe(conn, binding)
                 if backfill:
                     for alias in new_aliases:
                         cur = conn.execute(outbox.backfill(bindings[alias]))

@@ -191,6 +191,12 @@ class Metrics:
             ["index"],
             registry=r,
         )
+        self.paused = Gauge(
+            "indexsync_binding_paused",
+            "1 while the index is paused because its binding's SQL fails, else 0.",
+            ["index"],
+            registry=r,
+        )
         # Label values the status gauges were set for, so that an index that disappears
         # (binding removed, rebuild finished) loses its series instead of freezing them.
         self._status_indexes: set[str] = set()
@@ -242,7 +248,7 @@ class Metrics:
         with self._lock:
             seen = {row.index for row in rows}
             for gone in self._status_indexes - seen:
-                for gauge in (self.backlog, self.lag, self.dead_letters):
+                for gauge in (self.backlog, self.lag, self.dead_letters, self.paused):
                     with contextlib.suppress(KeyError):
                         gauge.remove(gone)
             self._status_indexes = seen
@@ -251,6 +257,7 @@ class Metrics:
                 self.backlog.labels(row.index).set(row.backlog)
                 self.lag.labels(row.index).set(row.oldest_pending_seconds or 0.0)
                 self.dead_letters.labels(row.index).set(row.dead_letters)
+                self.paused.labels(row.index).set(1 if row.paused_reason is not None else 0)
                 if row.backlog == 0:
                     self.last_success.labels(row.index).set(now)
                 if row.rebuild_target is not None:
@@ -306,6 +313,7 @@ class Health:
         self._moved_at = now
         self._started_at = now
         self._backlog: int | None = None
+        self._paused: dict[str, str] = {}
         # server -> (ok, reason, when checked); absent until the first check.
         self._servers: dict[Server, tuple[bool, str, float]] = {}
 
@@ -327,6 +335,11 @@ class Health:
             if backlog == 0 or (self._backlog is not None and backlog < self._backlog):
                 self._moved_at = self._clock()
             self._backlog = backlog
+
+    def set_paused(self, paused: Mapping[str, str]) -> None:
+        """Record which indexes are paused, and why."""
+        with self._lock:
+            self._paused = dict(paused)
 
     def batch_done(self) -> None:
         """Record that a batch was acknowledged (movement even while writers outpace us)."""
@@ -350,6 +363,8 @@ class Health:
                 elif self.stale_after is not None and now - checked_at > self.stale_after:
                     # The checks themselves hang or died: what we know is too old to trust.
                     reasons.append(f"{server}: last successful check {now - checked_at:.0f}s ago")
+            for index, why in sorted(self._paused.items()):
+                reasons.append(f"index {index!r} paused: {why}")
             stalled_for = now - self._moved_at
             if self._backlog and stalled_for > self.stall_seconds:
                 reasons.append(
@@ -576,7 +591,10 @@ class StatusPoller:
             return
         if self.metrics is not None:
             self.metrics.observe_status(rows)
-        self.health.progress(sum(row.backlog for row in rows))
+        paused = {row.index: row.paused_reason for row in rows if row.paused_reason is not None}
+        # A paused index's backlog waits for a fix, not for this worker: it is no stall.
+        self.health.progress(sum(row.backlog for row in rows if row.index not in paused))
+        self.health.set_paused(paused)
         self.health.database_ok(True)
         self._report("postgresql", None)
 

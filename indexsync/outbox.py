@@ -6,7 +6,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, LiteralString
 
 import psycopg
@@ -19,11 +18,6 @@ CHANNEL = "indexsync"
 KIND_DOC = "d"
 KIND_TRUNCATE = "t"
 KIND_KEY = "k"
-
-
-def schema_sql() -> str:
-    """The idempotent DDL of the indexsync schema."""
-    return resources.files("indexsync").joinpath("sql/schema.sql").read_text(encoding="utf-8")
 
 
 def _slug(name: str) -> str:
@@ -53,14 +47,14 @@ BEGIN
         {on_truncate}
     ELSE
         IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
-            new_id := NEW.{col}::pg_catalog.text;
+            new_id := {new_id};
             IF new_id IS NOT NULL THEN
                 INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
                 VALUES ({alias}, new_id, {kind}, {source});
             END IF;
         END IF;
         IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
-            old_id := OLD.{col}::pg_catalog.text;
+            old_id := {old_id};
             IF old_id IS NOT NULL AND (new_id IS NULL
                     OR old_id COLLATE pg_catalog."C" OPERATOR(pg_catalog.<>) new_id) THEN
                 INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
@@ -77,8 +71,7 @@ _TRUNCATE_MARKER: LiteralString = (
 )
 # A dependent table emptied: every document may have changed.
 _TRUNCATE_ALL: LiteralString = (
-    "INSERT INTO indexsync.outbox (index_name, doc_id) "
-    "SELECT {alias}, {key}::pg_catalog.text FROM {table};"
+    "INSERT INTO indexsync.outbox (index_name, doc_id) SELECT {alias}, {key} FROM {table};"
 )
 
 # Statement-level capture (`INDEXSYNC_CAPTURE=statement`): one call per statement, which
@@ -92,17 +85,17 @@ BEGIN
         {on_truncate}
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
-        SELECT {distinct}{alias}, n.{col}::pg_catalog.text, {kind}, {source}
-        FROM indexsync_new n WHERE n.{col} IS NOT NULL;
+        SELECT {distinct}{alias}, u.id, {kind}, {source}
+        FROM (SELECT {n_id} FROM indexsync_new n) AS u (id) WHERE u.id IS NOT NULL;
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
         INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
-        SELECT {distinct}{alias}, o.{col}::pg_catalog.text, {kind}, {source}
-        FROM indexsync_old o WHERE o.{col} IS NOT NULL;
+        SELECT {distinct}{alias}, u.id, {kind}, {source}
+        FROM (SELECT {o_id} FROM indexsync_old o) AS u (id) WHERE u.id IS NOT NULL;
     ELSE
         INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
         SELECT {alias}, u.id, {kind}, {source} FROM (
-            SELECT n.{col}::pg_catalog.text FROM indexsync_new n
-            UNION SELECT o.{col}::pg_catalog.text FROM indexsync_old o
+            SELECT {n_id} FROM indexsync_new n
+            UNION SELECT {o_id} FROM indexsync_old o
         ) AS u (id)
         WHERE u.id IS NOT NULL;
     END IF;{notify}
@@ -128,7 +121,7 @@ class Capture:
     alias: str
     schema: str
     table: str
-    column: str
+    columns: tuple[str, ...]
     kind: str
     source: str | None
     watch: tuple[str, ...] | None
@@ -151,12 +144,20 @@ class Capture:
 def captures(binding: Binding) -> list[Capture]:
     """The root table's capture, then one per dependent table."""
     found = [
-        Capture(binding.alias, binding.schema, binding.table, binding.key, KIND_DOC, None, None)
+        Capture(
+            binding.alias,
+            binding.schema,
+            binding.table,
+            binding.key.columns,
+            KIND_DOC,
+            None,
+            None,
+        )
     ]
     for dep in binding.depends:
-        column, kind = (dep.key, KIND_DOC) if dep.key is not None else (dep.pk, KIND_KEY)
+        columns, kind = (dep.key, KIND_DOC) if dep.key is not None else ((dep.pk,), KIND_KEY)
         found.append(
-            Capture(binding.alias, dep.schema, dep.table, column, kind, dep.source, dep.columns)
+            Capture(binding.alias, dep.schema, dep.table, columns, kind, dep.source, dep.columns)
         )
     return found
 
@@ -170,13 +171,23 @@ def function_body(
         sql.SQL(_TRUNCATE_MARKER).format(alias=alias)
         if capture.source is None
         else sql.SQL(_TRUNCATE_ALL).format(
-            alias=alias, key=sql.Identifier(binding.key), table=binding.table_ident
+            alias=alias,
+            key=binding.key.id_of_columns(binding.table_ident, binding.key.columns),
+            table=binding.table_ident,
         )
     )
+    key = binding.key
+
+    def row_id(rel: str) -> sql.Composable:
+        return key.id_or_null(sql.SQL(rel), capture.columns)
+
     common: dict[str, sql.Composable] = {
         "on_truncate": on_truncate,
         "alias": alias,
-        "col": sql.Identifier(capture.column),
+        "new_id": row_id("NEW"),
+        "old_id": row_id("OLD"),
+        "n_id": row_id("n"),
+        "o_id": row_id("o"),
         "kind": sql.Literal(capture.kind),
         "source": sql.Literal(capture.source),
     }
@@ -325,14 +336,16 @@ def drop_function(name: str) -> sql.Composed:
 
 
 BACKFILL = sql.SQL(
-    "INSERT INTO indexsync.outbox (index_name, doc_id) SELECT {alias}, {key}::text FROM {table}"
+    "INSERT INTO indexsync.outbox (index_name, doc_id) SELECT {alias}, {key} FROM {table}"
 )
 
 
 def backfill(binding: Binding) -> sql.Composed:
     """Enqueue every current row of a binding, so a new index starts complete."""
     return BACKFILL.format(
-        alias=sql.Literal(binding.alias), key=sql.Identifier(binding.key), table=binding.table_ident
+        alias=sql.Literal(binding.alias),
+        key=binding.key.id_of_columns(binding.table_ident, binding.key.columns),
+        table=binding.table_ident,
     )
 
 
@@ -365,31 +378,80 @@ class Change:
 # Claim and acknowledge in one round trip: the rows are deleted now, but the delete only
 # becomes visible at commit. A rollback hands them back; SKIP LOCKED lets other workers
 # take the rest meanwhile.
+# Changes of paused indexes (a broken binding, a blocked index) stay where they are.
 CLAIM = """
 DELETE FROM indexsync.outbox
 WHERE seq IN (
-    SELECT seq FROM indexsync.outbox ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    SELECT seq FROM indexsync.outbox
+    WHERE index_name <> ALL(%(paused)s::text[])
+    ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
 RETURNING seq, index_name, doc_id, kind, source
 """
 
 
-def claim(conn: psycopg.Connection[Any], limit: int) -> list[Change]:
+def claim(conn: psycopg.Connection[Any], limit: int, paused: Sequence[str] = ()) -> list[Change]:
     """Claim (and tentatively delete) up to `limit` changes, oldest first."""
     with conn.cursor() as cur:
-        cur.execute(CLAIM, {"limit": limit}, prepare=True)
+        cur.execute(CLAIM, {"limit": limit, "paused": list(paused)}, prepare=True)
         return [Change(*row) for row in cur.fetchall()]
 
 
-HAS_PENDING = "SELECT EXISTS (SELECT FROM indexsync.outbox)"
+HAS_PENDING = """
+SELECT EXISTS (SELECT FROM indexsync.outbox WHERE index_name <> ALL(%(paused)s::text[]))
+"""
 
 
-def has_pending(conn: psycopg.Connection[Any]) -> bool:
-    """Whether the outbox holds any row, claimed by another worker or not."""
+def has_pending(conn: psycopg.Connection[Any], paused: Sequence[str] = ()) -> bool:
+    """Whether the outbox holds any row of an unpaused index, claimed by another worker or not."""
     with conn.cursor() as cur:
-        cur.execute(HAS_PENDING, prepare=True)
+        cur.execute(HAS_PENDING, {"paused": list(paused)}, prepare=True)
         row = cur.fetchone()
         return bool(row and row[0])
+
+
+# A claimed change handed back as it was: its kind and source matter (a dependent key, a
+# TRUNCATE marker), its seq does not (the version is drawn per batch).
+REQUEUE_CHANGES = """
+INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::"char"[], %s::text[])
+"""
+
+
+def requeue_changes(conn: psycopg.Connection[Any], changes: Sequence[Change]) -> None:
+    """Put claimed changes back in the outbox unchanged (their claim is being acknowledged)."""
+    if changes:
+        conn.execute(
+            REQUEUE_CHANGES,
+            (
+                [c.index_name for c in changes],
+                [c.doc_id for c in changes],
+                [c.kind for c in changes],
+                [c.source for c in changes],
+            ),
+        )
+
+
+SET_PAUSED = """
+INSERT INTO indexsync.binding_state AS b (index_name, paused_reason, paused_at)
+VALUES (%(index)s, %(reason)s, now())
+ON CONFLICT (index_name) DO UPDATE
+SET paused_reason = EXCLUDED.paused_reason, updated_at = now(),
+    paused_at = CASE WHEN b.paused_reason IS NULL THEN now() ELSE b.paused_at END
+WHERE b.paused_reason IS DISTINCT FROM EXCLUDED.paused_reason
+"""
+CLEAR_PAUSED = """
+UPDATE indexsync.binding_state SET paused_reason = NULL, paused_at = NULL, updated_at = now()
+WHERE index_name = %(index)s AND paused_reason IS NOT NULL
+"""
+
+
+def set_paused(conn: psycopg.Connection[Any], index: str, reason: str | None) -> None:
+    """Record why an index is paused (None: it is not)."""
+    if reason is None:
+        conn.execute(CLEAR_PAUSED, {"index": index})
+    else:
+        conn.execute(SET_PAUSED, {"index": index, "reason": reason})
 
 
 # The batch's version, drawn after its claim and before its re-read, and the rebuilds in
@@ -411,21 +473,22 @@ def batch_context(conn: psycopg.Connection[Any]) -> tuple[int, dict[str, str]]:
 
 
 INSERT_DEAD_LETTER = """
-INSERT INTO indexsync.dead_letters (index_name, doc_id, seq, status, error_type, reason)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO indexsync.dead_letters (index_name, doc_id, seq, status, error_type, reason, sqlstate)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
 """
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A document Elasticsearch refused for good."""
+    """A document the search server refused for good, or PostgreSQL could not build."""
 
     index_name: str
     doc_id: str
     seq: int
-    status: int
+    status: int | None
     error_type: str
     reason: str
+    sqlstate: str | None = None
 
 
 def add_dead_letters(conn: psycopg.Connection[Any], letters: Sequence[DeadLetter]) -> None:
@@ -435,14 +498,14 @@ def add_dead_letters(conn: psycopg.Connection[Any], letters: Sequence[DeadLetter
             cur.executemany(
                 INSERT_DEAD_LETTER,
                 [
-                    (d.index_name, d.doc_id, d.seq, d.status, d.error_type, d.reason)
+                    (d.index_name, d.doc_id, d.seq, d.status, d.error_type, d.reason, d.sqlstate)
                     for d in letters
                 ],
             )
 
 
 LIST_DEAD_LETTERS = """
-SELECT id, index_name, doc_id, seq, status, error_type, reason, failed_at
+SELECT id, index_name, doc_id, seq, status, error_type, reason, failed_at, sqlstate
 FROM indexsync.dead_letters
 WHERE (%(index)s::text IS NULL OR index_name = %(index)s)
 ORDER BY id
@@ -485,6 +548,9 @@ ON CONFLICT (index_name) DO UPDATE SET last_success_at = EXCLUDED.last_success_a
 WHERE progress.last_success_at < EXCLUDED.last_success_at
 """
 DEAD_LETTER_COUNTS = "SELECT index_name, count(*) FROM indexsync.dead_letters GROUP BY index_name"
+BINDING_STATUS = """
+SELECT index_name, paused_reason, paused_at, refreshing, refresh_done FROM indexsync.binding_state
+"""
 REBUILD_STATUS = """
 SELECT alias, target, watermark, in_place, rows_done, rows_total, started_at, updated_at
 FROM indexsync.rebuilds

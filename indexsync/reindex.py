@@ -201,7 +201,7 @@ class Reindexer:
             state = None
             target = self._create_target(binding, previous)
         if state is None:
-            total = conn.execute(documents.count_query(binding)).fetchone()
+            total = conn.execute(documents.count_query(binding), {}).fetchone()
             conn.execute(
                 outbox.START_REBUILD, (alias, target, in_place, total[0] if total else None)
             )
@@ -218,7 +218,7 @@ class Reindexer:
                 conn.execute(outbox.SET_WATERMARK, (watermark, alias))
             last_key, done = state[3], int(state[4])
             log.info("reindex.resumed", index=alias, target=target, after_key=last_key, rows=done)
-        total_row = conn.execute(documents.count_query(binding)).fetchone()
+        total_row = conn.execute(documents.count_query(binding), {}).fetchone()
         progress = Progress(alias, total_row[0] if total_row else None, done, self.stream)
         rows, dead = self._scan(conn, binding, target, watermark, last_key, progress)
         progress.finish()

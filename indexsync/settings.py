@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         "`install`). Off by default: its lock serialises committing writers, which cut "
         "8-client single-row write throughput to about a third in `make bench`.",
     )
+    refresh_rate: int = Field(
+        default=2000,
+        ge=1,
+        description="Documents per second re-queued in the background after a bound table's "
+        "columns change, so unchanged rows reach the new shape while live changes keep "
+        "their latency.",
+    )
     capture: Literal["row", "statement"] = Field(
         default="row",
         description="`row`: a trigger call per changed row, the cheapest for single-row "

@@ -24,6 +24,10 @@ class IndexStatus:
     rebuild_rows_total: int | None = None
     rebuild_started_at: datetime | None = None
     last_success_at: datetime | None = None
+    paused_reason: str | None = None
+    paused_since: datetime | None = None
+    refreshing: bool = False
+    refresh_done: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -33,7 +37,11 @@ class IndexStatus:
 
     def judge(self, stall_seconds: float) -> None:
         """Record what makes this index unhealthy."""
-        if self.oldest_pending_seconds is not None and self.oldest_pending_seconds > stall_seconds:
+        if self.paused_reason is not None:
+            self.problems.append(f"paused: {self.paused_reason}")
+        elif (
+            self.oldest_pending_seconds is not None and self.oldest_pending_seconds > stall_seconds
+        ):
             self.problems.append(
                 f"oldest pending change is {self.oldest_pending_seconds:.0f}s old "
                 f"(more than INDEXSYNC_STALL_SECONDS={stall_seconds:g}): is a worker running?"
@@ -44,7 +52,7 @@ class IndexStatus:
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = asdict(self)
-        for key in ("rebuild_started_at", "last_success_at"):
+        for key in ("rebuild_started_at", "last_success_at", "paused_since"):
             value = getattr(self, key)
             data[key] = value.isoformat() if value is not None else None
         data["healthy"] = self.healthy
@@ -70,6 +78,14 @@ def collect(conn: psycopg.Connection[Any], aliases: list[str]) -> list[IndexStat
         item.rebuild_rows_done = done
         item.rebuild_rows_total = total
         item.rebuild_started_at = started
+    for name, reason, since, refreshing, refresh_done in conn.execute(
+        outbox.BINDING_STATUS
+    ).fetchall():
+        item = found.setdefault(name, IndexStatus(name))
+        item.paused_reason = reason
+        item.paused_since = since
+        item.refreshing = refreshing
+        item.refresh_done = refresh_done
     return sorted(found.values(), key=lambda s: s.index)
 
 
@@ -82,6 +98,8 @@ def render_table(rows: list[IndexStatus]) -> str:
         if row.rebuild_target:
             total = f"/{row.rebuild_rows_total}" if row.rebuild_rows_total else ""
             rebuild = f"{row.rebuild_target} {row.rebuild_rows_done}{total} rows"
+        elif row.refreshing:
+            rebuild = f"refresh after schema change: {row.refresh_done} queued"
         lag = "-" if row.oldest_pending_seconds is None else f"{row.oldest_pending_seconds:.1f}"
         last = f"{row.last_success_at:%Y-%m-%d %H:%M:%S}" if row.last_success_at else "-"
         health = "ok" if row.healthy else "; ".join(row.problems)

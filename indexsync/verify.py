@@ -180,7 +180,7 @@ def repair(conn: psycopg.Connection[Any], search: Search, binding: Binding, drif
         # An id that is not even a valid key cannot go through the outbox (the re-read would
         # fail on it); it gets the same versioned delete, with a seq drawn now.
         try:
-            conn.execute(documents.key_check_query(binding), (doc_id,))
+            conn.execute(documents.key_check_query(binding), {"ids": [doc_id]})
             ids.append(doc_id)
         except psycopg.errors.DataError:
             junk.append(doc_id)

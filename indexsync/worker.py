@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,12 +13,13 @@ from typing import Any
 
 import psycopg
 
-from indexsync import db, documents, outbox, versions
+from indexsync import db, documents, migrations, outbox, refresh, reread, versions
 from indexsync.bindings import Binding
 from indexsync.documents import Op
 from indexsync.errors import DatabaseUnavailable, IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
 from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Health, Metrics
+from indexsync.outbox import DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.writer import BulkWriter, StaleRead, WriteResult, backoff
@@ -48,6 +49,24 @@ class Totals:
     by_index: dict[str, int] = field(default_factory=dict)
 
 
+Reload = Callable[[psycopg.Connection[Any]], tuple[dict[str, Binding], dict[str, str]]]
+
+# A paused binding is probed again after this long at most.
+_PAUSE_MAX_DELAY = 5.0
+# How often the shape of the bound tables is compared with the one last seen.
+_OBSERVE_EVERY = 2.0
+
+
+@dataclass
+class Paused:
+    """A binding that stopped its own index, and when to try it again."""
+
+    reason: str
+    failures: int = 0
+    retry_at: float = 0.0
+    recorded: bool = False
+
+
 def _settled(ops: Sequence[Op], written: WriteResult) -> dict[tuple[str, str], int]:
     """Documents this batch settled (written, deleted or dead-lettered anew), by version."""
     deferred = {(op.alias, op.doc_id) for op in written.deferred}
@@ -68,9 +87,16 @@ class Worker:
         *,
         metrics: Metrics | None = None,
         health: Health | None = None,
+        broken: dict[str, str] | None = None,
+        reload: Reload | None = None,
     ) -> None:
         self.settings = settings
-        self.bindings = bindings
+        self.bindings = dict(bindings)
+        # Re-resolves the bindings file against the catalog, for a paused binding's retry.
+        self._reload = reload
+        self._paused: dict[str, Paused] = {
+            alias: Paused(reason) for alias, reason in (broken or {}).items()
+        }
         self.search = search
         self.stop = stop or threading.Event()
         self.metrics = metrics
@@ -87,6 +113,8 @@ class Worker:
             else None
         )
         self._recorded_seq = 0
+        self._observed_at = float("-inf")
+        self._refreshed_at = float("-inf")
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
         self.writer = BulkWriter.from_settings(search, settings)
@@ -123,6 +151,12 @@ class Worker:
             with db.translated():
                 self._listener.execute(f"LISTEN {outbox.CHANNEL}")
         return self._conn
+
+    def check_schema(self) -> None:
+        """Refuse to start against a schema version this release does not match."""
+        conn = self._connect(listen=False)
+        with db.translated():
+            migrations.require_current(conn)
 
     def check_indexes(self) -> None:
         """Fail fast when an alias the bindings need is missing."""
@@ -165,20 +199,28 @@ class Worker:
 
     def run(self, *, until_idle: bool = False) -> Totals:
         """Sync until stopped (or, with until_idle, until nothing is left to claim)."""
+        self.check_schema()
         self.check_indexes()
         self.check_versions()
         failures = 0
-        log.info("worker.started", indexes=sorted(self.bindings), until_idle=until_idle)
+        log.info(
+            "worker.started",
+            indexes=sorted(self.bindings),
+            paused=sorted(self._paused),
+            until_idle=until_idle,
+        )
         # Drain first: notifications sent while we were away are lost, the outbox is not.
         must_drain = True
         while not self.stop.is_set():
             try:
                 conn = self._connect(listen=not until_idle)
                 self._drained_at = time.monotonic()
+                self._retry_paused(conn)
+                self._maintain(conn)
                 # An idle poll is one autocommit probe, not a claim transaction: a third of
                 # the round trips, since most polls of an idle worker find nothing.
                 with db.translated():
-                    pending = must_drain or outbox.has_pending(conn)
+                    pending = must_drain or outbox.has_pending(conn, self.paused())
                 if pending:
                     self.drain()
                 failures = 0
@@ -207,6 +249,89 @@ class Worker:
             self._record_progress(force=True)
         log.info("worker.stopped", batches=self.totals.batches, changes=self.totals.changes)
         return self.totals
+
+    # --- schema changes ---------------------------------------------------------------------
+
+    def _maintain(self, conn: psycopg.Connection[Any]) -> None:
+        """Notice schema changes, and re-queue a refreshing index's next chunk, when due."""
+        now = time.monotonic()
+        if now >= self._observed_at + _OBSERVE_EVERY:
+            self._observed_at = now
+            with self._lock:
+                live = {a: b for a, b in self.bindings.items() if a not in self._paused}
+            with db.translated():
+                for alias, binding in live.items():
+                    with conn.transaction():
+                        changed = refresh.observe(conn, binding)
+                    if changed and self._reload is not None:
+                        # A listed column may be gone: resolve the binding again.
+                        good, _ = self._reload(conn)
+                        if alias in good:
+                            with self._lock:
+                                self.bindings[alias] = good[alias]
+        if now >= self._refreshed_at + 1.0:
+            self._refreshed_at = now
+            with self._lock:
+                live = {a: b for a, b in self.bindings.items() if a not in self._paused}
+            with db.translated(), conn.transaction():
+                refresh.step(conn, live, self.settings.refresh_rate)
+
+    # --- paused bindings ------------------------------------------------------------------
+
+    def paused(self) -> list[str]:
+        """The indexes whose binding is broken, and why, right now."""
+        with self._lock:
+            return sorted(self._paused)
+
+    def _pause(self, conn: psycopg.Connection[Any], alias: str, reason: str) -> None:
+        """Stop one index (inside the batch's transaction); the others go on."""
+        with self._lock:
+            state = self._paused.get(alias)
+            if state is None:
+                state = self._paused[alias] = Paused(reason)
+                # The first retry is at once: a binding broken by a dropped listed column
+                # heals as soon as the bindings are resolved again.
+                state.retry_at = time.monotonic()
+                log.error("binding.paused", index=alias, reason=reason)
+            state.reason = reason
+        outbox.set_paused(conn, alias, reason)
+        state.recorded = True
+
+    def _retry_paused(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [alias for alias, p in self._paused.items() if p.retry_at <= now]
+        if not due:
+            return
+        with db.translated():
+            if self._reload is not None:
+                good, broken = self._reload(conn)
+            else:
+                good, broken = dict(self.bindings), {}
+            for alias in due:
+                state = self._paused[alias]
+                binding = good.get(alias)
+                reason = broken.get(alias)
+                if binding is not None:
+                    try:
+                        with conn.transaction():
+                            reread.probe(conn, binding)
+                    except reread.BindingBroken as exc:
+                        reason = str(exc)
+                if reason is not None or binding is None:
+                    state.reason = reason or f"index {alias!r}: no longer in the bindings file"
+                    state.failures += 1
+                    state.retry_at = now + backoff(state.failures, _PAUSE_MAX_DELAY)
+                    if not state.recorded:
+                        outbox.set_paused(conn, alias, state.reason)
+                        state.recorded = True
+                        log.error("binding.paused", index=alias, reason=state.reason)
+                    continue
+                with self._lock:
+                    self.bindings[alias] = binding
+                    del self._paused[alias]
+                outbox.set_paused(conn, alias, None)
+                log.info("binding.resumed", index=alias, after_failures=state.failures)
 
     def _wait(self) -> bool:
         """Sleep until the next poll is due; True when a notification cut it short."""
@@ -271,7 +396,7 @@ class Worker:
         started = time.monotonic()
         try:
             with conn.transaction():
-                changes = outbox.claim(conn, self.settings.batch_size)
+                changes = outbox.claim(conn, self.settings.batch_size, self.paused())
                 if not changes:
                     return 0
                 # Drawn after the claim and before the re-read, so a larger version always
@@ -282,11 +407,14 @@ class Worker:
                 # Taken before the re-read is sent: a pause while its answer is in flight
                 # must count towards the read's age (see max_read_age).
                 read_at = time.monotonic()
-                ops = self._build_ops(conn, changes, rebuilds, version)
+                ops, unbuilt = self._build_ops(conn, changes, rebuilds, version)
                 written = self.writer.write(ops, read_at, defer=True)
+                written.dead.extend(unbuilt)
                 # Older dead letters of these documents are obsolete: they landed since, or
                 # failed again and get a fresh letter just below.
-                outbox.clear_dead_letters(conn, _settled(ops, written))
+                settled = _settled(ops, written)
+                settled.update({(d.index_name, d.doc_id): version for d in unbuilt})
+                outbox.clear_dead_letters(conn, settled)
                 outbox.add_dead_letters(conn, written.dead)
                 # Items refused for too long go back into the outbox for a later batch.
                 outbox.requeue(conn, {(op.alias, op.doc_id) for op in written.deferred})
@@ -305,30 +433,75 @@ class Worker:
         changes: Sequence[outbox.Change],
         rebuilds: dict[str, str],
         version: int,
-    ) -> list[Op]:
+    ) -> tuple[list[Op], list[DeadLetter]]:
+        """The bulk items of a batch, and the documents PostgreSQL could not build."""
         ops: list[Op] = []
+        unbuilt: list[DeadLetter] = []
         for alias, work in documents.plan(changes).items():
-            binding = self.bindings.get(alias)
-            if binding is None:
+            with self._lock:
+                binding = self.bindings.get(alias)
+                paused = alias in self._paused
+            if binding is None and not paused:
                 # A binding removed from the file: its changes have nowhere to go.
                 log.warning("outbox.unbound_index", index=alias, changes=len(work.ids))
                 continue
-            targets = [(alias, True)]
-            if alias in rebuilds:
-                targets.append((rebuilds[alias], False))
-            ids = set(work.ids)
-            for source, keys in work.keys.items():
-                dep = binding.dependency(source)
-                if dep is None or dep.expand is None:
-                    log.warning("outbox.unbound_dependency", index=alias, table=source)
-                    continue
-                ids |= documents.expand_dependency(conn, dep, keys)
-            if work.truncate:
-                ids |= self._indexed_ids(alias, targets, version)
-            if ids:
-                docs = documents.fetch_documents(conn, binding, sorted(ids))
-                ops.extend(documents.build_ops(alias, targets, ids, docs, version))
-        return ops
+            try:
+                if binding is None:
+                    raise reread.BindingBroken(alias, "-", self._paused[alias].reason)
+                ops.extend(self._index_ops(conn, binding, work, rebuilds, version, unbuilt))
+            except reread.BindingBroken as exc:
+                # Only this index stops; its changes go back to wait for the fix.
+                outbox.requeue_changes(conn, [c for c in changes if c.index_name == alias])
+                self._pause(conn, alias, str(exc))
+        return ops, unbuilt
+
+    def _index_ops(
+        self,
+        conn: psycopg.Connection[Any],
+        binding: Binding,
+        work: documents.IndexWork,
+        rebuilds: dict[str, str],
+        version: int,
+        unbuilt: list[DeadLetter],
+    ) -> list[Op]:
+        alias = binding.alias
+        targets = [(alias, True)]
+        if alias in rebuilds:
+            targets.append((rebuilds[alias], False))
+        ids = set(work.ids)
+        for source, keys in work.keys.items():
+            found = reread.expand(conn, binding.key, binding, source, keys)
+            if found is None:
+                log.warning("outbox.unbound_dependency", index=alias, table=source)
+                continue
+            ids |= found
+        if work.truncate:
+            ids |= self._indexed_ids(alias, targets, version)
+        if not ids:
+            return []
+        result = reread.read(conn, binding, sorted(ids))
+        for failure in result.failures:
+            # No item for this id: its document stays as it was until the row can be read.
+            ids.discard(failure.doc_id)
+            unbuilt.append(
+                DeadLetter(
+                    alias,
+                    failure.doc_id,
+                    version,
+                    None,
+                    "document_query_failed",
+                    failure.message,
+                    failure.sqlstate,
+                )
+            )
+            log.warning(
+                "batch.row_unreadable",
+                index=alias,
+                doc_id=failure.doc_id,
+                sqlstate=failure.sqlstate,
+                error=failure.message,
+            )
+        return documents.build_ops(alias, targets, ids, result.docs, version)
 
     def _indexed_ids(self, alias: str, targets: list[tuple[str, bool]], version: int) -> set[str]:
         # After a TRUNCATE every indexed document is suspect. Re-reading them like any other

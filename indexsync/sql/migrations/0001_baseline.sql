@@ -1,5 +1,6 @@
--- The indexsync schema's objects (the schema itself is created first, when missing).
--- Every statement is idempotent: `install` runs it on every call.
+-- Migration 1: the schema as releases before versioned migrations created it.
+-- Idempotent, because an install made before versions were recorded already holds it:
+-- such an install counts as version 0 and replays this file harmlessly.
 
 -- One sequence for every change. CACHE 1 matters: a cached sequence hands out values out of
 -- order across sessions, and versions must grow in commit order for any one row.

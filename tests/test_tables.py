@@ -1,0 +1,299 @@
+"""Production tables: poison rows, broken bindings, composite keys, partitions, user SQL with %."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.conftest import Env, wait_for
+from tests.test_sync import running
+
+ORDERS = """
+CREATE TABLE orders (
+    id bigint PRIMARY KEY,
+    code text NOT NULL,
+    qty integer NOT NULL DEFAULT 1,
+    archived boolean NOT NULL DEFAULT false
+);
+CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL);
+"""
+
+
+def dead_letters(env: Env) -> list[tuple[str, str, str | None]]:
+    """(index, doc_id, sqlstate) of every dead letter."""
+    return [
+        (str(r[0]), str(r[1]), r[2])
+        for r in env.sql(
+            "SELECT index_name, doc_id, sqlstate FROM indexsync.dead_letters ORDER BY doc_id"
+        )
+    ]
+
+
+def test_rows_whose_document_query_fails_are_dead_lettered_and_the_rest_land(env: Env) -> None:
+    env.sql(ORDERS)
+    env.bindings(
+        f"""
+        [indexes.{env.alias("orders")}]
+        table = "orders"
+        query = "SELECT o.id, jsonb_build_object('code', o.code::int) AS doc FROM orders o"
+        """
+    )
+    env.install("--no-backfill")
+    env.sql(
+        "INSERT INTO orders (id, code) SELECT g, CASE WHEN g % 29 = 0 THEN 'n/a' ELSE g::text END "
+        "FROM generate_series(1, 400) g"
+    )
+    env.sync()
+    docs = env.docs("orders")
+    bad = {str(i) for i in range(1, 401) if i % 29 == 0}
+    assert set(docs) == {str(i) for i in range(1, 401)} - bad
+    letters = dead_letters(env)
+    assert {d for _, d, _ in letters} == bad
+    assert {state for _, _, state in letters} == {"22P02"}
+    listed = env.cli("deadletters")
+    assert "invalid input syntax for type integer" in listed.stdout
+    assert "SQLSTATE 22P02" in listed.stdout
+    # A later change to a bad row retries it: fixed, it lands and its letter goes.
+    env.sql("UPDATE orders SET code = '7' WHERE id = 29")
+    env.sync()
+    assert env.docs("orders")["29"] == {"code": 7}
+    assert "29" not in {d for _, d, _ in dead_letters(env)}
+
+
+def test_a_binding_broken_at_run_time_stops_only_its_own_index_until_mended(env: Env) -> None:
+    env.sql(ORDERS)
+    env.bindings(
+        f"""
+        [indexes.{env.alias("orders")}]
+        table = "orders"
+        where = "NOT archived"
+
+        [indexes.{env.alias("notes")}]
+        table = "notes"
+        """
+    )
+    env.install()
+    with running(env) as log:
+        env.sql("INSERT INTO orders (id, code) VALUES (1, 'a')")
+        wait_for(lambda: "1" in env.docs("orders"), what="first order indexed")
+        env.sql("ALTER TABLE orders DROP COLUMN archived")
+        env.sql("INSERT INTO orders (id, code) SELECT g, 'x' FROM generate_series(2, 50) g")
+        env.sql("INSERT INTO notes (id, body) SELECT g, 'n' FROM generate_series(1, 200) g")
+        wait_for(lambda: len(env.docs("notes")) == 200, what="the other index keeps syncing")
+        status = env.cli("status", "--json")
+        assert status.returncode == 1
+        rows = {row["index"]: row for row in json.loads(status.stdout)["indexes"]}
+        reason = rows[env.alias("orders")]["paused_reason"]
+        assert "archived" in reason and "does not exist" in reason
+        assert rows[env.alias("notes")]["paused_reason"] is None
+        assert rows[env.alias("orders")]["backlog"] == 49
+        assert dead_letters(env) == []
+        # Mended: the column comes back, and the index catches up with no manual step.
+        env.sql("ALTER TABLE orders ADD COLUMN archived boolean NOT NULL DEFAULT false")
+        wait_for(lambda: len(env.docs("orders")) == 50, what="the mended index catches up")
+        assert env.cli("status").returncode == 0
+    events = [json.loads(line)["event"] for line in log[0].splitlines() if line.startswith("{")]
+    assert "binding.paused" in events and "binding.resumed" in events
+    assert dead_letters(env) == []
+
+
+def test_a_worker_starts_when_one_binding_is_already_broken(env: Env) -> None:
+    env.sql(ORDERS)
+    env.bindings(
+        f"""
+        [indexes.{env.alias("orders")}]
+        table = "orders"
+        where = "NOT archived"
+
+        [indexes.{env.alias("notes")}]
+        table = "notes"
+        """
+    )
+    env.install()
+    env.sql("ALTER TABLE orders DROP COLUMN archived")
+    env.sql("INSERT INTO orders (id, code) VALUES (1, 'a')")
+    env.sql("INSERT INTO notes (id, body) VALUES (1, 'n')")
+    with running(env):
+        wait_for(lambda: "1" in env.docs("notes"), what="the healthy index syncs")
+        assert env.docs("orders") == {}
+    assert env.sql("SELECT count(*) FROM indexsync.outbox")[0][0] == 1
+
+
+def test_percent_signs_in_where_query_and_depends_sql_are_plain_sql(env: Env) -> None:
+    env.sql(ORDERS)
+    env.bindings(
+        f"""
+        [indexes.{env.alias("orders")}]
+        table = "orders"
+        where = "code LIKE 'a%' AND id % 2 = 0"
+        query = "SELECT o.id, jsonb_build_object('code', o.code, 'odd', o.qty % 2) AS doc FROM orders o"
+
+        [[indexes.{env.alias("orders")}.depends]]
+        table = "notes"
+        sql = "SELECT n.id FROM notes n WHERE n.id = ANY(%(keys)s) AND n.body NOT LIKE '%skip%'"
+        """
+    )
+    env.install()
+    env.sql(
+        "INSERT INTO orders (id, code, qty) VALUES (1, 'ab', 3), (2, 'ab', 3), (4, 'b', 1), "
+        "(6, 'a%', 4)"
+    )
+    env.sql("INSERT INTO notes (id, body) VALUES (2, 'keep'), (6, 'skip me')")
+    env.sync()
+    assert env.docs("orders") == {"2": {"code": "ab", "odd": 1}, "6": {"code": "a%", "odd": 0}}
+
+
+def test_a_column_added_later_never_reaches_a_binding_that_lists_its_columns(env: Env) -> None:
+    env.sql(ORDERS)
+    env.bindings(f'[indexes.{env.alias("orders")}]\ntable = "orders"\ncolumns = ["id", "code"]\n')
+    env.install()
+    with running(env):
+        env.sql("INSERT INTO orders (id, code) VALUES (1, 'a')")
+        wait_for(lambda: env.docs("orders") == {"1": {"id": 1, "code": "a"}}, what="indexed")
+        env.sql("ALTER TABLE orders ADD COLUMN secret text DEFAULT 'hash'")
+        env.sql("INSERT INTO orders (id, code) VALUES (2, 'b')")
+        env.sql("UPDATE orders SET code = 'c' WHERE id = 1")
+        wait_for(
+            lambda: env.docs("orders") == {"1": {"id": 1, "code": "c"}, "2": {"id": 2, "code": "b"}},
+            what="documents without the new column",
+        )
+        # A listed column dropped by a migration falls out of the documents; nothing stops.
+        env.sql("ALTER TABLE orders DROP COLUMN code")
+        env.sql("INSERT INTO orders (id) VALUES (3)")
+        # Rows that did not change are refreshed to the new shape in the background.
+        wait_for(
+            lambda: env.docs("orders") == {str(i): {"id": i} for i in (1, 2, 3)},
+            what="every document in the new shape",
+        )
+    assert env.cli("verify").returncode == 0
+
+
+TENANT_USERS = """
+CREATE TABLE tenant_users (
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    name text NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+"""
+
+
+def test_a_composite_key_becomes_a_json_array_id_that_cannot_collide(each_capture: Env) -> None:
+    env = each_capture
+    env.sql(TENANT_USERS)
+    env.bindings(f'[indexes.{env.alias("users")}]\ntable = "tenant_users"\n')
+    env.sql("INSERT INTO tenant_users VALUES ('a-b', 'c', 'first'), ('a', 'b-c', 'second')")
+    env.install()
+    env.sync()
+    docs = env.docs("users")
+    assert set(docs) == {'["a-b", "c"]', '["a", "b-c"]'}
+    assert docs['["a", "b-c"]']["name"] == "second"
+    # A key change in either column moves the document; a tenant move too.
+    env.sql("UPDATE tenant_users SET user_id = 'z' WHERE tenant_id = 'a-b'")
+    env.sql("UPDATE tenant_users SET tenant_id = 'other' WHERE user_id = 'b-c'")
+    env.sql("INSERT INTO tenant_users VALUES ('t\"q', 'ü', 'quoted')")
+    env.sync()
+    assert set(env.docs("users")) == {'["a-b", "z"]', '["other", "b-c"]', '["t\\"q", "ü"]'}
+    env.sql("DELETE FROM tenant_users WHERE tenant_id = 'other'")
+    env.sync()
+    assert set(env.docs("users")) == {'["a-b", "z"]', '["t\\"q", "ü"]'}
+    assert env.cli("verify").returncode == 0
+
+
+def test_composite_keys_work_with_query_depends_reindex_and_verify(env: Env) -> None:
+    env.sql(
+        """
+        CREATE TABLE accounts (tenant int, id int, name text, PRIMARY KEY (tenant, id));
+        CREATE TABLE tags (id serial PRIMARY KEY, tenant int, account int, tag text);
+        """
+    )
+    env.bindings(
+        f"""
+        [indexes.{env.alias("accounts")}]
+        table = "accounts"
+        query = '''
+            SELECT a.tenant, a.id, jsonb_build_object(
+                'name', a.name,
+                'tags', (SELECT coalesce(jsonb_agg(t.tag ORDER BY t.tag), '[]') FROM tags t
+                         WHERE t.tenant = a.tenant AND t.account = a.id)) AS doc
+            FROM accounts a'''
+
+        [[indexes.{env.alias("accounts")}.depends]]
+        table = "tags"
+        key = ["tenant", "account"]
+        """
+    )
+    env.sql("INSERT INTO accounts SELECT g % 3, g, 'n' || g FROM generate_series(1, 30) g")
+    env.install()
+    env.sync()
+    assert len(env.docs("accounts")) == 30
+    env.sql("INSERT INTO tags (tenant, account, tag) VALUES (1, 1, 'x'), (1, 1, 'a')")
+    env.sync()
+    assert env.docs("accounts")["[1, 1]"] == {"name": "n1", "tags": ["a", "x"]}
+    # Moving a tag to another account re-indexes both.
+    env.sql("UPDATE tags SET tenant = 2, account = 2 WHERE tag = 'x'")
+    env.sync()
+    docs = env.docs("accounts")
+    assert docs["[1, 1]"]["tags"] == ["a"] and docs["[2, 2]"]["tags"] == ["x"]
+    reindex = env.cli("reindex", "--chunk-size", "7")
+    assert reindex.returncode == 0, reindex.stderr
+    assert len(env.docs("accounts")) == 30
+    assert env.cli("verify").returncode == 0
+    env.sql("DELETE FROM accounts WHERE id = 5")
+    env.es.index(index=env.alias("accounts"), id="[9, 99]", document={"name": "planted"})
+    env.es.index(index=env.alias("accounts"), id="not json", document={"name": "planted"})
+    assert env.cli("verify").returncode == 1
+    repaired = env.cli("verify", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert len(env.docs("accounts")) == 29
+
+
+def test_a_list_partitioned_table_with_a_composite_key_moves_rows_between_partitions(
+    each_capture: Env,
+) -> None:
+    env = each_capture
+    env.sql(
+        """
+        CREATE TABLE events (
+            region text NOT NULL, id bigint NOT NULL, payload text,
+            PRIMARY KEY (region, id)
+        ) PARTITION BY LIST (region);
+        CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+        CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+        """
+    )
+    env.bindings(f'[indexes.{env.alias("events")}]\ntable = "events"\n')
+    env.sql("INSERT INTO events SELECT 'eu', g, 'p' FROM generate_series(1, 20) g")
+    env.install()
+    env.sql("CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap')")
+    env.sql("INSERT INTO events SELECT 'ap', g, 'late' FROM generate_series(1, 5) g")
+    env.sql("UPDATE events SET region = 'us' WHERE id <= 10 AND region = 'eu'")
+    env.sync()
+    docs = env.docs("events")
+    expected = {f'["{r}", {i}]' for r, i in env.sql("SELECT region, id FROM events")}
+    assert set(docs) == expected and len(expected) == 25
+    assert env.cli("verify").returncode == 0
+
+
+def test_a_range_partitioned_table_keeps_rows_moving_between_partitions(env: Env) -> None:
+    env.sql(
+        """
+        CREATE TABLE readings (id bigint PRIMARY KEY, v int) PARTITION BY RANGE (id);
+        CREATE TABLE readings_1 PARTITION OF readings FOR VALUES FROM (0) TO (100);
+        CREATE TABLE readings_2 PARTITION OF readings FOR VALUES FROM (100) TO (200);
+        """
+    )
+    env.bindings(f'[indexes.{env.alias("readings")}]\ntable = "readings"\n')
+    env.install()
+    env.sql("INSERT INTO readings SELECT g, g FROM generate_series(0, 150) g")
+    env.sql("CREATE TABLE readings_3 PARTITION OF readings FOR VALUES FROM (200) TO (300)")
+    env.sql("UPDATE readings SET id = id + 150 WHERE id BETWEEN 90 AND 120")
+    env.sync()
+    assert set(env.docs("readings")) == {str(r[0]) for r in env.sql("SELECT id FROM readings")}
+    # Detaching or dropping a partition fires no row trigger: verify --repair mends it.
+    env.sql("ALTER TABLE readings DETACH PARTITION readings_1")
+    assert env.cli("verify").returncode == 1
+    repaired = env.cli("verify", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert set(env.docs("readings")) == {str(r[0]) for r in env.sql("SELECT id FROM readings")}
+    time.sleep(0)
