@@ -126,7 +126,8 @@ def test_percent_signs_in_where_query_and_depends_sql_are_plain_sql(env: Env) ->
         [indexes.{env.alias("orders")}]
         table = "orders"
         where = "code LIKE 'a%' AND id % 2 = 0"
-        query = "SELECT o.id, jsonb_build_object('code', o.code, 'odd', o.qty % 2) AS doc FROM orders o"
+        query = '''SELECT o.id, jsonb_build_object('code', o.code, 'odd', o.qty % 2) AS doc
+                   FROM orders o'''
 
         [[indexes.{env.alias("orders")}.depends]]
         table = "notes"
@@ -154,7 +155,9 @@ def test_a_column_added_later_never_reaches_a_binding_that_lists_its_columns(env
         env.sql("INSERT INTO orders (id, code) VALUES (2, 'b')")
         env.sql("UPDATE orders SET code = 'c' WHERE id = 1")
         wait_for(
-            lambda: env.docs("orders") == {"1": {"id": 1, "code": "c"}, "2": {"id": 2, "code": "b"}},
+            lambda: (
+                env.docs("orders") == {"1": {"id": 1, "code": "c"}, "2": {"id": 2, "code": "b"}}
+            ),
             what="documents without the new column",
         )
         # A listed column dropped by a migration falls out of the documents; nothing stops.
