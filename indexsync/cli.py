@@ -52,14 +52,14 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
         search.close()
     if report.migrations:
         print(f"indexsync schema migrated to version {report.migrations[-1]}")
-    if not report.statements and not report.created_indexes and not report.migrations:
-        print("indexsync is installed; nothing to change")
-    else:
-        for name in report.created_indexes:
-            print(f"created index {name}")
-        for alias, rows in report.backfilled.items():
-            print(f"queued {rows} existing row(s) of {alias!r} for indexing")
+    for name in report.created_indexes:
+        print(f"created index {name}")
+    if report.statements:
         print(f"applied {report.statements} DDL statement(s)")
+    for alias, rows in report.backfilled.items():
+        print(f"backfilled {rows} existing row(s) of {alias!r} (lock-free scan)")
+    if not (report.statements or report.created_indexes or report.migrations or report.backfilled):
+        print("indexsync is installed; nothing to change")
     return 0
 
 
@@ -345,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-sql", action="store_true", help="print the DDL instead of applying it")
     p.add_argument(
-        "--no-backfill", action="store_true", help="do not queue existing rows of new indexes"
+        "--no-backfill",
+        action="store_true",
+        help="do not write the existing rows of new indexes (a later `reindex` can)",
     )
     p = add(
         "run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle"

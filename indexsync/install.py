@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 from psycopg import sql
@@ -68,6 +68,7 @@ class InstallReport:
     backfilled: dict[str, int] = field(default_factory=dict)
     dropped_triggers: list[str] = field(default_factory=list)
     migrations: list[int] = field(default_factory=list)
+    created_indexes_by: dict[str, str] = field(default_factory=dict)
 
 
 def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any]]:
@@ -118,9 +119,20 @@ def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], obj
 
 
 def install(
-    settings: Settings, spec: BindingsFile, search: Search, *, backfill: bool = True
+    settings: Settings,
+    spec: BindingsFile,
+    search: Search,
+    *,
+    backfill: bool = True,
+    stream: TextIO | None = None,
 ) -> InstallReport:
-    """Create what is missing, converge what differs; a second run changes nothing."""
+    """Create what is missing, converge what differs; a second run changes nothing.
+
+    The schema, the triggers and the indexes come in one short transaction. The existing
+    rows of a new index are then written by the same lock-free keyset scan at a watermark
+    that `reindex --in-place` uses: no lock is held while it runs, the application's writes
+    go on, and a killed backfill resumes where it stopped on the next `install`.
+    """
     mappings = _mappings(settings, spec)
     search.ping()
     report = InstallReport()
@@ -146,9 +158,15 @@ def install(
                     # A table changed since last seen: its documents are refreshed by workers.
                     refresh.observe(conn, binding)
                 if backfill:
+                    # Recorded with the triggers, so a backfill killed before its first page
+                    # still resumes on the next run.
                     for alias in new_aliases:
-                        cur = conn.execute(outbox.backfill(bindings[alias]))
-                        report.backfilled[alias] = cur.rowcount
+                        conn.execute(
+                            outbox.START_BACKFILL, (alias, report.created_indexes_by[alias])
+                        )
+                unfinished = {
+                    str(row[0]) for row in conn.execute(outbox.UNFINISHED_BACKFILLS).fetchall()
+                }
         except BaseException:
             # Nothing half-applied: the transaction rolled back, so drop the indexes we made.
             for name in report.created_indexes:
@@ -158,6 +176,8 @@ def install(
                     log.warning("install.cleanup_failed", index=name)
             report.created_indexes.clear()
             raise
+        if backfill:
+            _backfill(settings, search, conn, bindings, unfinished, report, stream)
     finally:
         conn.close()
     log.info(
@@ -168,6 +188,31 @@ def install(
         dropped_triggers=report.dropped_triggers,
     )
     return report
+
+
+def _backfill(
+    settings: Settings,
+    search: Search,
+    conn: psycopg.Connection[Any],
+    bindings: dict[str, Binding],
+    aliases: set[str],
+    report: InstallReport,
+    stream: TextIO | None,
+) -> None:
+    # Imported here: reindex builds on install's index helpers.
+    from indexsync.reindex import Reindexer
+
+    todo = [bindings[alias] for alias in sorted(aliases) if alias in bindings]
+    if not todo:
+        return
+    reindexer = Reindexer(settings, search, stream=stream)
+    try:
+        with db.translated():
+            for binding in todo:
+                result = reindexer.reindex(conn, binding, in_place=True, restart=False)
+                report.backfilled[binding.alias] = result.rows
+    finally:
+        reindexer.close()
 
 
 def _ensure_indexes(
@@ -194,6 +239,7 @@ def _ensure_indexes(
             path = settings.mappings_dir / f"{alias}.json"
             raise ConfigError(f"{path}: Elasticsearch refused index {alias!r}: {exc}") from exc
         report.created_indexes.append(name)
+        report.created_indexes_by[alias] = name
         created.append(alias)
         log.info("install.index_created", alias=alias, index=name)
     return created

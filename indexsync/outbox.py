@@ -569,6 +569,12 @@ REBUILD_PROGRESS = """
 UPDATE indexsync.rebuilds SET last_key = %s, rows_done = %s, updated_at = now() WHERE alias = %s
 """
 END_REBUILD = "DELETE FROM indexsync.rebuilds WHERE alias = %s"
+# install's backfill of a new index: an in-place rebuild whose watermark is drawn later.
+START_BACKFILL = """
+INSERT INTO indexsync.rebuilds (alias, target, in_place) VALUES (%s, %s, true)
+ON CONFLICT (alias) DO NOTHING
+"""
+UNFINISHED_BACKFILLS = "SELECT alias FROM indexsync.rebuilds WHERE in_place"
 
 # The watermark: a seq drawn now, and the transactions in progress at that moment.
 DRAW_WATERMARK = "SELECT nextval('indexsync.change_seq'), pg_current_snapshot()::text"

@@ -289,10 +289,21 @@ def psycopg_url_with_password(url: str, password: str) -> str:
     return psycopg.conninfo.make_conninfo(url, password=password)
 
 
-def test_a_composite_primary_key_is_refused_clearly(env: Env) -> None:
+def test_a_dependency_that_cannot_name_a_composite_key_is_refused_clearly(env: Env) -> None:
     env.sql("CREATE TABLE pairs (a integer, b integer, PRIMARY KEY (a, b))")
-    env.bindings(f'[indexes.{env.alias("pairs")}]\ntable = "pairs"\n')
+    env.sql("CREATE TABLE links (id int PRIMARY KEY, a integer, b integer)")
+    env.bindings(
+        f"""
+        [indexes.{env.alias("pairs")}]
+        table = "pairs"
+
+        [[indexes.{env.alias("pairs")}.depends]]
+        table = "links"
+        key = "a"
+        """
+    )
     result = env.cli("install")
     assert result.returncode == 2
-    assert "composite primary key (a, b)" in result.stderr and "'table'" in result.stderr
+    assert "'depends[1].key'" in result.stderr
+    assert "names 1 column(s), but the key of public.pairs has 2 (a, b)" in result.stderr
     assert_nothing_installed(env, env.alias("pairs"))
