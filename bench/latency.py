@@ -17,7 +17,7 @@ from bench.console import say
 from bench.procs import Worker
 from bench.throughput import batch_profile
 from bench.workload import INSERT_ONE, Workspace
-from indexsync import documents
+from indexsync.bulk import Op
 
 METHOD = (
     "One writer inserts rows at a fixed rate, each in its own autocommit transaction, and "
@@ -133,7 +133,7 @@ class _FloorPath:
         self.query = sql.SQL(_INSERT_RETURNING_DOC).format(table=sql.Identifier(ws.table))
         self._alias = ws.alias
         self._es = ws.servers.search_client()
-        self._queue: queue.SimpleQueue[documents.Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._requests: list[int] = []
         self._error: BaseException | None = None
         self._sender = threading.Thread(target=self._send, name="floor-sender")
@@ -145,7 +145,7 @@ class _FloorPath:
     def committed(self, row: tuple[Any, ...]) -> None:
         """Hand the row to the sender."""
         doc_id, source = row
-        self._queue.put(documents.Op(self._alias, self._alias, str(doc_id), 1, source, True))
+        self._queue.put(Op(self._alias, self._alias, str(doc_id), 1, source, True))
 
     def _send(self) -> None:
         try:

@@ -23,7 +23,7 @@ from bench.procs import Worker, bench_module
 from bench.recipe_listener import CHANNEL
 from bench.workload import INSERT_RANGE, Workspace
 from indexsync.bindings import load_mapping
-from indexsync.install import index_body
+from indexsync.indexes import index_body
 from indexsync.settings import Settings
 
 RECIPE_TABLE = "recipe_rows"

@@ -14,11 +14,13 @@ from psycopg import sql
 
 from bench.console import say
 from bench.workload import Workspace
-from indexsync import documents
-from indexsync.bindings import load_bindings, load_mapping, resolve
-from indexsync.install import index_body
+from indexsync.bindings import load_bindings, load_mapping
+from indexsync.bulk import Op
+from indexsync.catalog import resolve
+from indexsync.indexes import index_body
 from indexsync.search import Search, make_client
 from indexsync.settings import Settings
+from indexsync.store import Store
 
 # A drained backlog of this size should never take longer; past it the worker is stuck.
 _SYNC_TIMEOUT_S = 1800
@@ -46,21 +48,20 @@ def prepare_backlog(ws: Workspace, rows: int) -> dict[str, Any]:
 def _load_bodies(ws: Workspace, index: str, per_request: int) -> tuple[list[bytes], int]:
     """The sync's documents and action lines, as the worker encodes them, per request."""
     config = ws.root / "indexsync.toml"
-    with ws.connect() as conn:
-        binding = resolve(conn, load_bindings(config), config)[ws.alias]
+    with ws.connect() as conn, Store(conn) as store:
+        binding = resolve(store, load_bindings(config), config)[ws.alias]
         versions = conn.execute(
             "SELECT doc_id, max(seq) FROM indexsync.outbox WHERE index_name = %s "
             "GROUP BY doc_id ORDER BY min(seq)",
             (ws.alias,),
         ).fetchall()
-        ops: list[documents.Op] = []
+        ops: list[Op] = []
         for start in range(0, len(versions), _FETCH_CHUNK):
             chunk = versions[start : start + _FETCH_CHUNK]
-            docs = documents.fetch_documents(conn, binding, [doc_id for doc_id, _ in chunk])
+            docs = store.fetch_documents(binding, [doc_id for doc_id, _ in chunk])
             # Same Op as the worker's: external_gte version, require_alias, source untouched.
             ops.extend(
-                documents.Op(ws.alias, index, doc_id, int(seq), docs[doc_id], True)
-                for doc_id, seq in chunk
+                Op(ws.alias, index, doc_id, int(seq), docs[doc_id], True) for doc_id, seq in chunk
             )
     bodies = [
         b"".join(op.encode() for op in ops[start : start + per_request])

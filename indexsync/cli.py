@@ -12,19 +12,20 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-import psycopg
-
-from indexsync import __version__, db, logs, migrations, outbox, verify
-from indexsync.bindings import Binding, BindingsFile, load_bindings, resolve, resolve_each
+from indexsync import __version__, logs, migrations, verify
+from indexsync.bindings import Binding, BindingsFile, load_bindings, load_mapping
+from indexsync.catalog import resolve, resolve_each
+from indexsync.check import check
 from indexsync.errors import ConfigError, IndexsyncError
-from indexsync.install import check, install, print_sql, uninstall
-from indexsync.metrics import Monitor, ping_search
+from indexsync.install import install, print_sql, uninstall
+from indexsync.monitor import Monitor
 from indexsync.reindex import run_reindex
 from indexsync.search import Search, make_client
 from indexsync.settings import Settings, load_settings
 from indexsync.status import collect, render_table
+from indexsync.store import Store
 from indexsync.worker import Worker
-from indexsync.writer import ITEMS_PER_REQUEST
+from indexsync.writer import ITEMS_PER_REQUEST, BulkWriter
 
 log = logs.get_logger(__name__)
 
@@ -33,6 +34,11 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 def _bindings(settings: Settings) -> BindingsFile:
     return load_bindings(settings.config)
+
+
+def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any]]:
+    # Every mapping file is read here, once: nothing reads one half-way through a command.
+    return {alias: load_mapping(settings.mappings_dir, alias) for alias in spec.indexes}
 
 
 def _search(settings: Settings) -> Search:
@@ -45,9 +51,10 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     if args.print_sql:
         print_sql(settings, spec, sys.stdout.write)
         return 0
+    mappings = _mappings(settings, spec)
     search = _search(settings)
     try:
-        report = install(settings, spec, search, backfill=not args.no_backfill)
+        report = install(settings, spec, mappings, search, backfill=not args.no_backfill)
     finally:
         search.close()
     if report.migrations:
@@ -64,22 +71,18 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _reload(
-    spec: BindingsFile, settings: Settings, conn: psycopg.Connection[Any]
+    spec: BindingsFile, settings: Settings, store: Store
 ) -> tuple[dict[str, Binding], dict[str, str]]:
     """The bindings file resolved binding by binding, as a running worker needs it."""
-    good, broken = resolve_each(conn, spec, settings.config)
+    good, broken = resolve_each(store, spec, settings.config)
     return good, {alias: str(exc) for alias, exc in broken.items()}
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or until idle)."""
     spec = _bindings(settings)
-    conn = db.connect(settings, autocommit=True, role="cli")
-    try:
-        with db.translated():
-            bindings, broken = _reload(spec, settings, conn)
-    finally:
-        conn.close()
+    with Store.connect(settings, role="cli") as store:
+        bindings, broken = _reload(spec, settings, store)
     for alias, reason in broken.items():
         log.error("binding.broken_at_start", index=alias, reason=reason)
     stop = threading.Event()
@@ -92,9 +95,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     search = _search(settings)
     monitor = Monitor(
-        connect=partial(db.connect, settings, autocommit=True, role="health"),
+        connect=partial(Store.connect, settings, role="health"),
         aliases=list(spec.indexes),
-        ping=ping_search(search, min(settings.elasticsearch_request_timeout, 5.0)),
+        ping=partial(search.health_ping, min(settings.elasticsearch_request_timeout, 5.0)),
         port=settings.metrics_port,
         host=settings.metrics_host,
         stall_seconds=settings.stall_seconds,
@@ -123,19 +126,22 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Show backlog, lag, dead letters and rebuilds per index."""
     spec = _bindings(settings)
-    conn = db.connect(settings, autocommit=True, role="status")
-    try:
-        with db.translated():
-            migrations.require_current(conn)
-            rows = collect(conn, list(spec.indexes))
-            for row in rows:
-                row.judge(settings.stall_seconds)
-    finally:
-        conn.close()
+    with Store.connect(settings, role="status") as store:
+        version = migrations.require_current(store)
+        rows = collect(store, list(spec.indexes))
+    for row in rows:
+        row.judge(settings.stall_seconds)
     healthy = all(row.healthy for row in rows)
     if args.json:
         print(
-            json.dumps({"indexes": [row.as_json() for row in rows], "healthy": healthy}, indent=2)
+            json.dumps(
+                {
+                    "indexes": [row.as_json() for row in rows],
+                    "healthy": healthy,
+                    "schema_version": version,
+                },
+                indent=2,
+            )
         )
     else:
         print(render_table(rows))
@@ -145,15 +151,18 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Validate configuration, database objects and indexes."""
     spec = _bindings(settings)
+    mappings = _mappings(settings, spec)
     search = _search(settings)
     try:
-        result = check(settings, spec, search)
+        result = check(settings, spec, mappings, search)
     finally:
         search.close()
     for line in result.checked:
         print(f"ok      {line}")
     for line in result.warnings:
         print(f"WARNING {line}")
+    for line in result.skipped:
+        print(f"skipped {line}")
     for line in result.problems:
         print(f"FAILED  {line}")
     return 0 if result.ok else 1
@@ -168,40 +177,40 @@ def cmd_uninstall(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     """List dead letters, or move them back into the outbox."""
-    conn = db.connect(settings, autocommit=True, role="deadletters")
-    try:
-        with db.translated():
-            if args.action == "retry":
-                with conn.transaction():
-                    n = outbox.retry_dead_letters(conn, args.index, args.id or None)
-                print(f"re-queued {n} document(s); a running worker picks them up")
-                return 0
-            rows = conn.execute(
-                outbox.LIST_DEAD_LETTERS, {"index": args.index, "limit": args.limit}
-            ).fetchall()
-    finally:
-        conn.close()
+    with Store.connect(settings, role="deadletters") as store:
+        if args.action == "retry":
+            with store.transaction():
+                n = store.retry_dead_letters(args.index, args.id or None)
+            print(f"re-queued {n} document(s); a running worker picks them up")
+            return 0
+        rows = store.list_dead_letters(args.index, args.limit)
     if args.json:
-        keys = (
-            "id",
-            "index",
-            "doc_id",
-            "seq",
-            "status",
-            "error_type",
-            "reason",
-            "failed_at",
-            "sqlstate",
-        )
         print(
-            json.dumps([dict(zip(keys, row, strict=True)) for row in rows], default=str, indent=2)
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "index": r.index_name,
+                        "doc_id": r.doc_id,
+                        "seq": r.seq,
+                        "status": r.status,
+                        "error_type": r.error_type,
+                        "reason": r.reason,
+                        "failed_at": r.failed_at,
+                        "sqlstate": r.sqlstate,
+                    }
+                    for r in rows
+                ],
+                default=str,
+                indent=2,
+            )
         )
     else:
-        for id_, index, doc_id, seq, status, error_type, reason, failed_at, state in rows:
-            code = status if status is not None else f"SQLSTATE {state}"
+        for r in rows:
+            code = r.status if r.status is not None else f"SQLSTATE {r.sqlstate}"
             print(
-                f"{id_}\t{index}\t{doc_id}\tseq={seq}\t{code} {error_type}: {reason}"
-                f"\t{failed_at:%Y-%m-%d %H:%M:%S}"
+                f"{r.id}\t{r.index_name}\t{r.doc_id}\tseq={r.seq}\t{code} {r.error_type}: "
+                f"{r.reason}\t{r.failed_at:%Y-%m-%d %H:%M:%S}"
             )
         if not rows:
             print("no dead letters")
@@ -219,25 +228,23 @@ def _selected(
             f"{settings.config}: no binding for index(es) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(spec.indexes)}"
         )
-    conn = db.connect(settings, autocommit=True, role="cli")
-    try:
-        with db.translated():
-            # Like the worker: a listed column dropped by a migration is not an error here.
-            bindings = resolve(conn, spec, settings.config, strict=False)
-    finally:
-        conn.close()
+    with Store.connect(settings, role="cli") as store:
+        # Like the worker: a listed column dropped by a migration is not an error here.
+        bindings = resolve(store, spec, settings.config, strict=False)
     return bindings, {alias: b for alias, b in bindings.items() if not aliases or alias in aliases}
 
 
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     """Rebuild indexes with zero downtime."""
     _, bindings = _selected(settings, args.alias)
+    mappings = _mappings(settings, _bindings(settings))
     search = _search(settings)
     try:
         results = run_reindex(
             settings,
             bindings,
             search,
+            mappings,
             in_place=args.in_place,
             restart=args.restart,
             keep_old=args.keep_old,
@@ -261,27 +268,29 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     """Compare indexes with the database; exit 1 on drift."""
     every, bindings = _selected(settings, args.alias)
     search = _search(settings)
-    conn = db.connect(settings, autocommit=True, role="verify")
     report = []
     drifted = False
+    writer = BulkWriter.from_settings(search, settings)
     try:
-        with db.translated():
+        with Store.connect(settings, role="verify") as store:
             for binding in bindings.values():
-                drift = verify.compare(conn, search, binding)
+                drift = verify.compare(store, search, binding)
                 entry = drift.as_json()
                 if drift.total and args.repair:
-                    entry["queued_for_repair"] = verify.repair(conn, search, binding, drift)
+                    entry["queued_for_repair"] = verify.repair(
+                        store, search, binding, drift, writer
+                    )
                     # The worker needs every binding: it drains changes of all indexes.
                     with Worker(settings, every, search) as worker:
                         worker.run(until_idle=True)
-                    after = verify.compare(conn, search, binding)
+                    after = verify.compare(store, search, binding)
                     entry["after_repair"] = after.as_json()
                     drifted |= after.total > 0
                 else:
                     drifted |= drift.total > 0
                 report.append(entry)
     finally:
-        conn.close()
+        writer.close()
         search.close()
     if args.json:
         print(json.dumps({"indexes": report, "drift": drifted}, indent=2))
@@ -301,6 +310,10 @@ def _print_drift(entry: dict[str, Any]) -> None:
         f"{name}: DRIFT ({counts}): {entry['missing']} missing, {entry['extra']} extra, "
         f"{entry['differing']} differing"
     )
+    if entry.get("unreadable"):
+        print(
+            f"  {entry['unreadable']} row(s) PostgreSQL cannot build: see `indexsync deadletters`"
+        )
     for kind, ids in entry["examples"].items():
         if ids:
             print(f"  {kind}: {', '.join(ids)}")

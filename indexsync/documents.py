@@ -1,19 +1,15 @@
-"""Documents: the SQL that re-reads rows as JSON, and the bulk items built from them."""
+"""Documents: the SQL that builds each binding's documents as JSON, composed from the binding."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from indexsync.bindings import Binding, Dependency, query_key_columns, user_sql
 from indexsync.keys import Key
-from indexsync.outbox import KIND_KEY, KIND_TRUNCATE, Change
 
 # jsonb_build_object takes at most 100 arguments: 50 columns per call, joined with ||.
 _PAIRS_PER_CALL = 50
@@ -90,106 +86,13 @@ def fetch_by_ids_query(binding: Binding) -> sql.Composed:
     """Re-read the documents of the given ids; a missing id means delete."""
     # PostgreSQL flattens the subquery, so the id filter reaches the root table's key index.
     return sql.SQL(
-        "SELECT {id}, s._doc::pg_catalog.text FROM ({source}) AS s WHERE {match}"
+        "SELECT {id} AS doc_id, s._doc::pg_catalog.text AS source FROM ({source}) AS s "
+        "WHERE {match}"
     ).format(
         id=binding.key.id_of_slots(_S),
         source=source_query(binding),
         match=binding.key.matches(_S, sql.SQL("%(ids)s")),
     )
-
-
-def fetch_documents(
-    conn: psycopg.Connection[Any], binding: Binding, ids: Sequence[str]
-) -> dict[str, str]:
-    """The JSON text of each id's document, as PostgreSQL wrote it."""
-    with conn.cursor() as cur:
-        cur.execute(fetch_by_ids_query(binding), {"ids": list(ids)}, prepare=True)
-        return {doc_id: doc for doc_id, doc in cur.fetchall()}
-
-
-@dataclass
-class IndexWork:
-    """What a batch must do for one index."""
-
-    ids: set[str] = field(default_factory=set)
-    truncate: bool = False
-    # Keys of changed rows of dependent tables, by table, to map to document ids.
-    keys: dict[str, set[str]] = field(default_factory=dict)
-
-
-def plan(changes: Iterable[Change]) -> dict[str, IndexWork]:
-    """Group a batch by index, deduplicating ids."""
-    work: dict[str, IndexWork] = {}
-    for change in changes:
-        item = work.setdefault(change.index_name, IndexWork())
-        if change.kind == KIND_TRUNCATE:
-            item.truncate = True
-        elif change.doc_id is None:
-            continue
-        elif change.kind == KIND_KEY and change.source is not None:
-            item.keys.setdefault(change.source, set()).add(change.doc_id)
-        else:
-            item.ids.add(change.doc_id)
-    return work
-
-
-@dataclass(slots=True)
-class Op:
-    """One bulk item: index `source` (or delete when it is None) at an external version."""
-
-    alias: str
-    index: str
-    doc_id: str
-    version: int
-    source: str | None
-    require_alias: bool = False
-
-    def encode(self) -> bytes:
-        """The NDJSON lines of this item; the source passes through untouched."""
-        meta = (
-            f'"_index":{json.dumps(self.index)},"_id":{json.dumps(self.doc_id)},'
-            f'"version":{self.version},"version_type":"external_gte"'
-        )
-        if self.source is None:
-            return f'{{"delete":{{{meta}}}}}\n'.encode()
-        if self.require_alias:
-            meta += ',"require_alias":true'
-        return f'{{"index":{{{meta}}}}}\n{self.source}\n'.encode()
-
-
-def build_ops(
-    alias: str,
-    targets: Sequence[tuple[str, bool]],
-    ids: Iterable[str],
-    documents: dict[str, str],
-    version: int,
-) -> list[Op]:
-    """Bulk items for every changed id of an index, for every target (alias, rebuild)."""
-    ids = sorted(ids)
-    return [
-        Op(alias, target, doc_id, version, documents.get(doc_id), is_alias)
-        for target, is_alias in targets
-        for doc_id in ids
-    ]
-
-
-def chunk_bodies(
-    ops: Sequence[Op], max_bytes: int, max_items: int
-) -> Iterator[tuple[list[Op], bytes]]:
-    """Split items into bodies of at most `max_items` and `max_bytes`; an item never splits."""
-    batch: list[Op] = []
-    lines: list[bytes] = []
-    size = 0
-    for op in ops:
-        line = op.encode()
-        if batch and (size + len(line) > max_bytes or len(batch) >= max_items):
-            yield batch, b"".join(lines)
-            batch, lines, size = [], [], 0
-        batch.append(op)
-        lines.append(line)
-        size += len(line)
-    if batch:
-        yield batch, b"".join(lines)
 
 
 def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
@@ -200,13 +103,34 @@ def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
         else sql.SQL("")
     )
     return sql.SQL(
-        "SELECT {id}, s._doc::pg_catalog.text FROM ({source}) AS s {after} "
+        "SELECT {id} AS doc_id, s._doc::pg_catalog.text AS source FROM ({source}) AS s {after} "
         "ORDER BY {order} LIMIT %(limit)s"
     ).format(
         id=binding.key.id_of_slots(_S),
         source=source_query(binding),
         after=after,
         order=binding.key.order(_S),
+    )
+
+
+def key_page_query(binding: Binding, *, resume: bool) -> sql.Composed:
+    """The next `%(limit)s` ids of the root table in key order, after `%(after)s` if resuming."""
+    key = binding.key
+    slots = sql.SQL(", ").join(
+        sql.SQL("t.{} AS {}").format(sql.Identifier(col), slot)
+        for col, slot in zip(key.columns, key.slots(), strict=True)
+    )
+    return sql.SQL(
+        "SELECT {id} FROM (SELECT {slots} FROM {table} AS t) AS s {after} "
+        "ORDER BY {order} LIMIT %(limit)s"
+    ).format(
+        id=key.id_of_slots(_S),
+        slots=slots,
+        table=binding.table_ident,
+        after=sql.SQL("WHERE {}").format(key.after(_S, sql.SQL("%(after)s")))
+        if resume
+        else sql.SQL(""),
+        order=key.order(_S),
     )
 
 
@@ -245,12 +169,3 @@ def expand_query(key: Key, dep: Dependency) -> sql.Composed:
         user=sql.SQL(dep.expand),
         slots=sql.SQL(", ").join(key.slots()),
     )
-
-
-def expand_dependency(
-    conn: psycopg.Connection[Any], key: Key, dep: Dependency, keys: Iterable[str]
-) -> set[str]:
-    """Document ids that changed rows of a dependent table map to, through its `sql`."""
-    with conn.cursor() as cur:
-        cur.execute(expand_query(key, dep), {"keys": typed_keys(dep.pk_type, keys)}, prepare=True)
-        return {str(row[0]) for row in cur.fetchall() if row[0] is not None}

@@ -25,6 +25,16 @@ class DatabaseUnavailable(DatabaseError):
     """PostgreSQL could not be reached; worth retrying later."""
 
 
+class QueryFailed(DatabaseError):
+    """PostgreSQL refused a statement: its SQL, its data or a privilege is at fault."""
+
+    def __init__(self, message: str, *, sqlstate: str, detail: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        # The server's own words, without the "PostgreSQL error:" prefix.
+        self.detail = detail
+
+
 class SearchError(IndexsyncError):
     """Elasticsearch refused a request."""
 

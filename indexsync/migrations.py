@@ -6,24 +6,12 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from indexsync.errors import SchemaVersionMismatch
+from indexsync.store import Store
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-# Serialises concurrent installs: two would otherwise race to apply the same migration.
-_LOCK = "SELECT pg_advisory_xact_lock(hashtext('indexsync.migrations'))"
-_SCHEMA_EXISTS = "SELECT to_regnamespace('indexsync') IS NOT NULL"
-_META_EXISTS = "SELECT to_regclass('indexsync.meta') IS NOT NULL"
-_GET_VERSION = "SELECT value FROM indexsync.meta WHERE key = 'schema_version'"
-_SET_VERSION = """
-INSERT INTO indexsync.meta (key, value) VALUES ('schema_version', %s)
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-"""
+VERSION_KEY = "schema_version"
 
 
 @dataclass(frozen=True)
@@ -56,17 +44,15 @@ def latest() -> int:
     return migrations()[-1].number
 
 
-def installed_version(conn: psycopg.Connection[Any]) -> int | None:
+def installed_version(store: Store) -> int | None:
     """The version a database holds: None when not installed, 0 for an unversioned install."""
-    row = conn.execute(_SCHEMA_EXISTS).fetchone()
-    if not row or not row[0]:
+    if not store.schema_exists():
         return None
-    row = conn.execute(_META_EXISTS).fetchone()
-    if not row or not row[0]:
+    if not store.meta_exists():
         return 0
-    row = conn.execute(_GET_VERSION).fetchone()
+    value = store.get_meta(VERSION_KEY)
     # Releases before numbered migrations never wrote a version: their schema is migration 1's.
-    return int(row[0]) if row else 0
+    return int(value) if value is not None else 0
 
 
 def pending(version: int | None) -> tuple[Migration, ...]:
@@ -75,26 +61,26 @@ def pending(version: int | None) -> tuple[Migration, ...]:
     return tuple(m for m in migrations() if m.number > start)
 
 
-def apply_pending(conn: psycopg.Connection[Any]) -> list[Migration]:
+def apply_pending(store: Store) -> list[Migration]:
     """Apply what is missing, inside the caller's transaction; returns what was applied."""
-    conn.execute(_LOCK)
-    version = installed_version(conn)
+    store.migrations_lock()
+    version = installed_version(store)
     if version is not None and version > latest():
         raise too_new(version)
     steps = pending(version)
     for step in steps:
-        conn.execute(step.text.encode())
+        store.run_script(step.text.encode())
     if steps:
-        conn.execute(_SET_VERSION, (str(steps[-1].number),))
+        store.set_meta(VERSION_KEY, str(steps[-1].number))
     return list(steps)
 
 
-def script(conn: psycopg.Connection[Any], version: int | None) -> str:
+def script(store: Store, version: int | None) -> str:
     """The SQL of the pending migrations, for `install --print-sql`."""
     parts = [f"-- migration {m.number}: {m.name}\n{m.text}" for m in pending(version)]
     if parts:
-        record = sql.SQL(_SET_VERSION.replace("%s", "{}")).format(sql.Literal(str(latest())))
-        parts.append(record.as_string(conn).strip() + ";\n")
+        record = store.render_named("set_meta", {"key": VERSION_KEY, "value": str(latest())})
+        parts.append(record + ";\n")
     return "\n".join(parts)
 
 
@@ -106,9 +92,9 @@ def too_new(version: int) -> SchemaVersionMismatch:
     )
 
 
-def require_current(conn: psycopg.Connection[Any]) -> int:
+def require_current(store: Store) -> int:
     """Refuse to work against a schema this release does not match; returns its version."""
-    version = installed_version(conn)
+    version = installed_version(store)
     if version is None:
         raise SchemaVersionMismatch(
             "indexsync is not installed in this database: run `indexsync install`"

@@ -5,21 +5,19 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import psycopg
-
-from indexsync import db, documents, outbox
-from indexsync.bindings import Binding, load_mapping
-from indexsync.documents import Op
+from indexsync.bindings import Binding
+from indexsync.bulk import Op
 from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
-from indexsync.install import create_generation, index_body
+from indexsync.indexes import create_generation, index_body
 from indexsync.logs import get_logger
 from indexsync.search import Search
 from indexsync.settings import Settings
+from indexsync.store import Store
 from indexsync.versions import check_sequence, record_max_seq
 from indexsync.writer import BulkWriter, WriteResult
 
@@ -30,39 +28,35 @@ _PROGRESS_EVERY = 5.0
 _PAGES_IN_FLIGHT = 2
 
 
-def wait_for_snapshot(conn: psycopg.Connection[Any], snapshot: str, timeout: float) -> None:
+def wait_for_snapshot(store: Store, snapshot: str, timeout: float) -> None:
     """Wait until every transaction in progress in `snapshot` has ended."""
     deadline = time.monotonic() + timeout
     logged = False
     while True:
-        row = conn.execute(outbox.IN_PROGRESS, (snapshot,)).fetchone()
-        if not row or row[0] == 0:
+        running = store.in_progress(snapshot)
+        if running == 0:
             return
         if not logged:
-            log.info("reindex.waiting_for_transactions", in_progress=row[0])
+            log.info("reindex.waiting_for_transactions", in_progress=running)
             logged = True
         if time.monotonic() > deadline:
             raise IndexsyncError(
-                f"{row[0]} transaction(s) older than the rebuild are still open after "
+                f"{running} transaction(s) older than the rebuild are still open after "
                 f"{timeout:.0f}s; end them (see pg_stat_activity) and rerun to resume"
             )
         time.sleep(_WAIT_POLL)
 
 
-def draw_watermark(conn: psycopg.Connection[Any], timeout: float) -> int:
+def draw_watermark(store: Store, timeout: float) -> int:
     """V0: a seq such that every change below it has committed or aborted."""
-    row = conn.execute(outbox.DRAW_WATERMARK).fetchone()
-    assert row is not None
-    watermark, snapshot = int(row[0]), str(row[1])
-    wait_for_snapshot(conn, snapshot, timeout)
-    return watermark
+    drawn = store.draw_watermark()
+    wait_for_snapshot(store, drawn.snapshot, timeout)
+    return drawn.watermark
 
 
-def wait_for_batches(conn: psycopg.Connection[Any], timeout: float) -> None:
+def wait_for_batches(store: Store, timeout: float) -> None:
     """Wait for every transaction running now (worker batches in flight) to end."""
-    row = conn.execute(outbox.CURRENT_SNAPSHOT).fetchone()
-    assert row is not None
-    wait_for_snapshot(conn, str(row[0]), timeout)
+    wait_for_snapshot(store, store.current_snapshot(), timeout)
 
 
 class Progress:
@@ -154,6 +148,7 @@ class Reindexer:
         self,
         settings: Settings,
         search: Search,
+        mappings: Mapping[str, dict[str, Any]],
         *,
         chunk_size: int = 5000,
         keep_old: bool = False,
@@ -163,6 +158,8 @@ class Reindexer:
     ) -> None:
         self.settings = settings
         self.search = search
+        # Loaded at the entry point: a rebuild never reads a file half-way through.
+        self.mappings = mappings
         self.chunk_size = chunk_size
         self.keep_old = keep_old
         self.stream = stream if stream is not None else sys.stderr
@@ -175,14 +172,14 @@ class Reindexer:
         self.writer.close()
 
     def reindex(
-        self, conn: psycopg.Connection[Any], binding: Binding, *, in_place: bool, restart: bool
+        self, store: Store, binding: Binding, *, in_place: bool, restart: bool
     ) -> ReindexResult:
         """Rebuild one index (resuming an interrupted rebuild unless `restart`)."""
         alias = binding.alias
         previous = self.search.alias_targets(alias)
-        state = conn.execute(outbox.GET_REBUILD, (alias,)).fetchone()
-        if state is not None and (restart or bool(state[2]) != in_place):
-            self._abandon(conn, alias, state[0], previous)
+        state = store.get_rebuild(alias)
+        if state is not None and (restart or state.in_place != in_place):
+            self._abandon(store, alias, state.target, previous)
             state = None
         started = time.monotonic()
         if in_place:
@@ -191,45 +188,42 @@ class Reindexer:
                     f"index {alias!r}: an in-place reindex needs the alias on exactly one "
                     f"index (found {previous or 'none'}); run `indexsync reindex {alias}`"
                 )
-            self._check_versions(conn, alias, previous[0], in_place=True)
+            self._check_versions(store, alias, previous[0], in_place=True)
             target = previous[0]
-        elif state is not None and self.search.exists(state[0]):
-            target = state[0]
+        elif state is not None and self.search.exists(state.target):
+            target = state.target
         else:
             if state is not None:
-                conn.execute(outbox.END_REBUILD, (alias,))
+                store.end_rebuild(alias)
             state = None
             target = self._create_target(binding, previous)
         if state is None:
-            total = conn.execute(documents.count_query(binding), {}).fetchone()
-            conn.execute(
-                outbox.START_REBUILD, (alias, target, in_place, total[0] if total else None)
-            )
+            store.start_rebuild(alias, target, in_place, store.count_documents(binding))
             # Dual writes are on from this commit; the watermark waits for older batches.
-            watermark = draw_watermark(conn, self.wait_timeout)
-            conn.execute(outbox.SET_WATERMARK, (watermark, alias))
+            watermark = draw_watermark(store, self.wait_timeout)
+            store.set_watermark(alias, watermark)
             last_key: str | None = None
             done = 0
             log.info("reindex.started", index=alias, target=target, watermark=watermark)
         else:
-            watermark = state[1]
-            if watermark is None:
-                watermark = draw_watermark(conn, self.wait_timeout)
-                conn.execute(outbox.SET_WATERMARK, (watermark, alias))
-            last_key, done = state[3], int(state[4])
+            drawn = state.watermark
+            if drawn is None:
+                drawn = draw_watermark(store, self.wait_timeout)
+                store.set_watermark(alias, drawn)
+            watermark = drawn
+            last_key, done = state.last_key, state.rows_done
             log.info("reindex.resumed", index=alias, target=target, after_key=last_key, rows=done)
-        total_row = conn.execute(documents.count_query(binding), {}).fetchone()
-        progress = Progress(alias, total_row[0] if total_row else None, done, self.stream)
-        rows, dead = self._scan(conn, binding, target, watermark, last_key, progress)
+        progress = Progress(alias, store.count_documents(binding), done, self.stream)
+        rows, dead = self._scan(store, binding, target, watermark, last_key, progress)
         progress.finish()
         result = ReindexResult(
             alias, target, previous, watermark, rows, time.monotonic() - started, dead_letters=dead
         )
         if in_place:
             result.deleted_stale = self._delete_below(alias, target, watermark)
-            conn.execute(outbox.END_REBUILD, (alias,))
+            store.end_rebuild(alias)
         else:
-            self._swap(conn, binding, target, previous, watermark)
+            self._swap(store, binding, target, previous, watermark)
         result.seconds = time.monotonic() - started
         log.info(
             "reindex.done",
@@ -246,8 +240,7 @@ class Reindexer:
     # --- phases ---------------------------------------------------------------------------
 
     def _create_target(self, binding: Binding, previous: list[str]) -> str:
-        mapping = load_mapping(self.settings.mappings_dir, binding.alias)
-        body = index_body(mapping, self.settings)
+        body = index_body(self.mappings.get(binding.alias, {}), self.settings)
         index_settings = dict(body["settings"])
         # Bulk-load settings; the mapping's own values (or the defaults) come back at the end.
         index_settings["index.refresh_interval"] = "-1"
@@ -268,15 +261,13 @@ class Reindexer:
 
     def _scan(
         self,
-        conn: psycopg.Connection[Any],
+        store: Store,
         binding: Binding,
         target: str,
         watermark: int,
         last_key: str | None,
         progress: Progress,
     ) -> tuple[int, int]:
-        query_first = documents.scan_query(binding, resume=False)
-        query_next = documents.scan_query(binding, resume=True)
         rows = dead = 0
         # Pages are read while earlier ones are written, and two pages are in flight: the
         # second keeps every bulk slot busy while the first waits for its slowest request.
@@ -285,26 +276,23 @@ class Reindexer:
         with ThreadPoolExecutor(_PAGES_IN_FLIGHT, thread_name_prefix="scan") as sender:
             while True:
                 # One short statement per page: nothing holds back vacuum during a long scan.
-                params = {"limit": self.chunk_size, "after": last_key}
-                page = conn.execute(
-                    query_first if last_key is None else query_next, params, prepare=True
-                ).fetchall()
+                page = store.scan_page(binding, last_key, self.chunk_size)
                 while in_flight and (
                     not page or len(in_flight) >= _PAGES_IN_FLIGHT or in_flight[0][0].done()
                 ):
                     landed = in_flight.popleft()
-                    dead += self._landed(conn, binding.alias, progress, *landed)
+                    dead += self._landed(store, binding.alias, progress, *landed)
                     rows += landed[2]
                 if not page:
                     return rows, dead
-                ops = [Op(binding.alias, target, doc_id, watermark, doc) for doc_id, doc in page]
-                last_key = page[-1][0]
+                ops = [Op(binding.alias, target, d.doc_id, watermark, d.source) for d in page]
+                last_key = page[-1].doc_id
                 future = sender.submit(self.writer.write, ops, time.monotonic())
                 in_flight.append((future, last_key, len(page)))
 
     def _landed(
         self,
-        conn: psycopg.Connection[Any],
+        store: Store,
         alias: str,
         progress: Progress,
         future: Future[WriteResult],
@@ -314,9 +302,9 @@ class Reindexer:
         # A StaleRead or an outage propagates: the rerun resumes after the last landed page.
         written = future.result()
         if written.dead:
-            with conn.transaction():
-                outbox.add_dead_letters(conn, written.dead)
-        conn.execute(outbox.REBUILD_PROGRESS, (last_key, progress.done + count, alias))
+            with store.transaction():
+                store.add_dead_letters(written.dead)
+        store.rebuild_progress(alias, last_key, progress.done + count)
         progress.advance(count)
         if self.on_chunk is not None:
             self.on_chunk(progress.done)
@@ -342,14 +330,13 @@ class Reindexer:
 
     def _swap(
         self,
-        conn: psycopg.Connection[Any],
+        store: Store,
         binding: Binding,
         target: str,
         previous: list[str],
         watermark: int,
     ) -> None:
-        mapping = load_mapping(self.settings.mappings_dir, binding.alias)
-        restored = _restored_settings(mapping)
+        restored = _restored_settings(self.mappings.get(binding.alias, {}))
         self.search.put_settings(target, restored)
         self.search.refresh(target)
         record_max_seq(self.search, target, watermark)
@@ -359,28 +346,24 @@ class Reindexer:
         actions.append({"add": {"index": target, "alias": binding.alias}})
         self.search.update_aliases(actions)
         log.info("reindex.alias_swapped", index=binding.alias, target=target, previous=previous)
-        conn.execute(outbox.END_REBUILD, (binding.alias,))
+        store.end_rebuild(binding.alias)
         if previous and not self.keep_old:
             # Batches that began before the swap may still be writing to the old index.
-            wait_for_batches(conn, self.wait_timeout)
+            wait_for_batches(store, self.wait_timeout)
             for name in previous:
                 self.search.delete_index(name)
                 log.info("reindex.old_index_dropped", index=binding.alias, dropped=name)
 
-    def _abandon(
-        self, conn: psycopg.Connection[Any], alias: str, target: str, live: list[str]
-    ) -> None:
-        conn.execute(outbox.END_REBUILD, (alias,))
+    def _abandon(self, store: Store, alias: str, target: str, live: list[str]) -> None:
+        store.end_rebuild(alias)
         if target not in live:
-            wait_for_batches(conn, self.wait_timeout)
+            wait_for_batches(store, self.wait_timeout)
             self.search.delete_index(target)
         log.info("reindex.abandoned", index=alias, target=target)
 
-    def _check_versions(
-        self, conn: psycopg.Connection[Any], alias: str, index: str, *, in_place: bool
-    ) -> None:
+    def _check_versions(self, store: Store, alias: str, index: str, *, in_place: bool) -> None:
         try:
-            check_sequence(conn, self.search, alias)
+            check_sequence(store, self.search, alias)
         except SequenceRegression as exc:
             if in_place:
                 raise SequenceRegression(
@@ -409,6 +392,7 @@ def run_reindex(
     settings: Settings,
     bindings: dict[str, Binding],
     search: Search,
+    mappings: Mapping[str, dict[str, Any]],
     *,
     in_place: bool = False,
     restart: bool = False,
@@ -416,14 +400,12 @@ def run_reindex(
     chunk_size: int = 5000,
 ) -> list[ReindexResult]:
     """Rebuild the given bindings one after another."""
-    conn = db.connect(settings, autocommit=True, role="reindex")
-    reindexer = Reindexer(settings, search, chunk_size=chunk_size, keep_old=keep_old)
+    reindexer = Reindexer(settings, search, mappings, chunk_size=chunk_size, keep_old=keep_old)
     try:
-        with db.translated():
+        with Store.connect(settings, role="reindex") as store:
             return [
-                reindexer.reindex(conn, binding, in_place=in_place, restart=restart)
+                reindexer.reindex(store, binding, in_place=in_place, restart=restart)
                 for binding in bindings.values()
             ]
     finally:
         reindexer.close()
-        conn.close()

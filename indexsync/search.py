@@ -150,6 +150,11 @@ class Search:
         """Cluster info; raises when the server is unreachable or not Elasticsearch."""
         return dict(call(lambda: self.client.info()).body)
 
+    def health_ping(self, timeout: float) -> None:
+        """A cheap liveness check with its own short timeout, for `/readyz`."""
+        client = self.client.options(request_timeout=timeout)
+        call(lambda: client.info())
+
     def alias_targets(self, alias: str) -> list[str]:
         """Physical indexes behind an alias (empty when the alias does not exist)."""
         if not call(lambda: self.client.indices.exists_alias(name=alias)).body:

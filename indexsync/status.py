@@ -1,4 +1,4 @@
-"""Status: backlog, lag, dead letters and rebuilds per index, read from the database."""
+"""Status: backlog, lag, dead letters, pauses and rebuilds per index, read from the database."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
-from indexsync import outbox
+from indexsync.store import Store
 
 
 @dataclass
@@ -59,33 +57,30 @@ class IndexStatus:
         return data
 
 
-def collect(conn: psycopg.Connection[Any], aliases: list[str]) -> list[IndexStatus]:
+def collect(store: Store, aliases: list[str]) -> list[IndexStatus]:
     """Status of every bound index (and of any index still in the outbox)."""
     found: dict[str, IndexStatus] = {alias: IndexStatus(alias) for alias in aliases}
-    for name, count, age in conn.execute(outbox.BACKLOG).fetchall():
-        item = found.setdefault(name, IndexStatus(name))
-        item.backlog = count
+    for waiting in store.backlog():
+        item = found.setdefault(waiting.index_name, IndexStatus(waiting.index_name))
+        item.backlog = waiting.changes
+        age = waiting.oldest_seconds
         item.oldest_pending_seconds = round(age, 3) if age is not None else None
-    for name, at in conn.execute(outbox.PROGRESS).fetchall():
+    for name, at in store.progress().items():
         found.setdefault(name, IndexStatus(name)).last_success_at = at
-    for name, count in conn.execute(outbox.DEAD_LETTER_COUNTS).fetchall():
+    for name, count in store.dead_letter_counts().items():
         found.setdefault(name, IndexStatus(name)).dead_letters = count
-    for alias, target, _, _, done, total, started, _ in conn.execute(
-        outbox.REBUILD_STATUS
-    ).fetchall():
-        item = found.setdefault(alias, IndexStatus(alias))
-        item.rebuild_target = target
-        item.rebuild_rows_done = done
-        item.rebuild_rows_total = total
-        item.rebuild_started_at = started
-    for name, reason, since, refreshing, refresh_done in conn.execute(
-        outbox.BINDING_STATUS
-    ).fetchall():
-        item = found.setdefault(name, IndexStatus(name))
-        item.paused_reason = reason
-        item.paused_since = since
-        item.refreshing = refreshing
-        item.refresh_done = refresh_done
+    for rebuild in store.rebuilds():
+        item = found.setdefault(rebuild.alias, IndexStatus(rebuild.alias))
+        item.rebuild_target = rebuild.target
+        item.rebuild_rows_done = rebuild.rows_done
+        item.rebuild_rows_total = rebuild.rows_total
+        item.rebuild_started_at = rebuild.started_at
+    for state in store.binding_states():
+        item = found.setdefault(state.index_name, IndexStatus(state.index_name))
+        item.paused_reason = state.paused_reason
+        item.paused_since = state.paused_at
+        item.refreshing = state.refreshing
+        item.refresh_done = state.refresh_done
     return sorted(found.values(), key=lambda s: s.index)
 
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
-from indexsync import documents, outbox
+from indexsync import reread
 from indexsync.bindings import Binding
-from indexsync.documents import Op
+from indexsync.bulk import Op
+from indexsync.errors import QueryFailed
 from indexsync.logs import get_logger
+from indexsync.rows import Document
 from indexsync.search import Search
+from indexsync.store import Store
 from indexsync.writer import BulkWriter
 
 log = get_logger(__name__)
@@ -35,6 +35,8 @@ class Drift:
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     differing: list[str] = field(default_factory=list)
+    # Rows whose document PostgreSQL cannot build (see `indexsync deadletters`): not drift.
+    unreadable: list[str] = field(default_factory=list)
     truncated: bool = False
 
     @property
@@ -56,27 +58,36 @@ class Drift:
                 "extra": self.extra[:EXAMPLES],
                 "differing": self.differing[:EXAMPLES],
             },
+            "unreadable": len(self.unreadable),
             "truncated": self.truncated,
         }
 
 
-def _pages(
-    conn: psycopg.Connection[Any], binding: Binding, size: int
-) -> Iterator[list[tuple[str, str]]]:
-    first = documents.scan_query(binding, resume=False)
-    following = documents.scan_query(binding, resume=True)
+def _pages(store: Store, binding: Binding, size: int, drift: Drift) -> Iterator[list[Document]]:
     last: str | None = None
     while True:
-        query = first if last is None else following
-        page = conn.execute(query, {"limit": size, "after": last}, prepare=True).fetchall()
+        try:
+            page = store.scan_page(binding, last, size)
+        except QueryFailed:
+            # A row whose document cannot be built fails its whole page: read the page's
+            # ids one bisection at a time, and count the unreadable rows apart.
+            ids = store.key_page(binding, last, size)
+            if not ids:
+                return
+            read = reread.read(store, binding, ids)
+            drift.unreadable.extend(f.doc_id for f in read.failures)
+            page = [Document(i, read.docs[i]) for i in ids if i in read.docs]
+            last = ids[-1]
+            yield page
+            continue
         if not page:
             return
         yield page
-        last = page[-1][0]
+        last = page[-1].doc_id
 
 
 def compare(
-    conn: psycopg.Connection[Any],
+    store: Store,
     search: Search,
     binding: Binding,
     *,
@@ -95,10 +106,10 @@ def compare(
             drift.truncated = True
 
     # Pass 1: every row's document must be in the index, equal.
-    for page in _pages(conn, binding, page_size):
+    for page in _pages(store, binding, page_size, drift):
         drift.rows += len(page)
-        found = search.mget(binding.alias, [doc_id for doc_id, _ in page])
-        for doc_id, text in page:
+        found = search.mget(binding.alias, [d.doc_id for d in page])
+        for doc_id, text in ((d.doc_id, d.source) for d in page):
             if doc_id not in found:
                 suspect(doc_id, "missing")
             elif found[doc_id][1] != json.loads(text):
@@ -109,31 +120,24 @@ def compare(
         drift.documents += 1
         batch.append(hit["_id"])
         if len(batch) >= page_size:
-            _extras(conn, binding, batch, suspect)
+            _extras(store, binding, batch, suspect)
             batch = []
     if batch:
-        _extras(conn, binding, batch, suspect)
+        _extras(store, binding, batch, suspect)
     if suspects:
-        _recheck(conn, search, binding, suspects, settle, drift)
+        _recheck(store, search, binding, suspects, settle, drift)
     return drift
 
 
-def _extras(conn: psycopg.Connection[Any], binding: Binding, ids: list[str], suspect: Any) -> None:
-    try:
-        present = set(documents.fetch_documents(conn, binding, ids))
-    except psycopg.errors.DataError:
-        # Some id is not even a valid key (a document planted by hand): look one by one.
-        present = set()
-        for doc_id in ids:
-            with contextlib.suppress(psycopg.errors.DataError):
-                present.update(documents.fetch_documents(conn, binding, [doc_id]))
+def _extras(store: Store, binding: Binding, ids: list[str], suspect: Any) -> None:
+    present = set(_rows(store, binding, ids))
     for doc_id in ids:
         if doc_id not in present:
             suspect(doc_id, "extra")
 
 
 def _recheck(
-    conn: psycopg.Connection[Any],
+    store: Store,
     search: Search,
     binding: Binding,
     suspects: dict[str, str],
@@ -144,13 +148,12 @@ def _recheck(
     deadline = time.monotonic() + settle
     ids = list(suspects)
     while time.monotonic() < deadline:
-        pending = conn.execute(outbox.PENDING_FOR_IDS, (binding.alias, ids)).fetchone()
-        if not pending or not pending[0]:
+        if not store.pending_for_ids(binding.alias, ids):
             break
         time.sleep(0.05)
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
-        rows = _rows(conn, binding, chunk)
+        rows = _rows(store, binding, chunk)
         docs = search.mget(binding.alias, chunk)
         for doc_id in chunk:
             if doc_id in rows and doc_id not in docs:
@@ -161,18 +164,13 @@ def _recheck(
                 drift.differing.append(doc_id)
 
 
-def _rows(conn: psycopg.Connection[Any], binding: Binding, ids: list[str]) -> dict[str, str]:
-    try:
-        return documents.fetch_documents(conn, binding, ids)
-    except psycopg.errors.DataError:
-        rows: dict[str, str] = {}
-        for doc_id in ids:
-            with contextlib.suppress(psycopg.errors.DataError):
-                rows.update(documents.fetch_documents(conn, binding, [doc_id]))
-        return rows
+def _rows(store: Store, binding: Binding, ids: list[str]) -> dict[str, str]:
+    # An id that is not even a valid key (a document planted by hand) or a row whose
+    # document fails is bisected out: it has no readable row.
+    return reread.read(store, binding, ids).docs
 
 
-def repair(conn: psycopg.Connection[Any], search: Search, binding: Binding, drift: Drift) -> int:
+def repair(store: Store, search: Search, binding: Binding, drift: Drift, writer: BulkWriter) -> int:
     """Queue every drifted id; the normal versioned path then re-reads and rewrites it."""
     ids = [*drift.missing, *drift.differing]
     junk = []
@@ -180,19 +178,13 @@ def repair(conn: psycopg.Connection[Any], search: Search, binding: Binding, drif
         # An id that is not even a valid key cannot go through the outbox (the re-read would
         # fail on it); it gets the same versioned delete, with a seq drawn now.
         try:
-            conn.execute(documents.key_check_query(binding), {"ids": [doc_id]})
+            store.check_ids(binding, [doc_id])
             ids.append(doc_id)
-        except psycopg.errors.DataError:
+        except QueryFailed:
             junk.append(doc_id)
-    if ids:
-        conn.execute(outbox.ENQUEUE_IDS, (drift.alias, ids))
+    store.enqueue_ids(drift.alias, ids)
     if junk:
-        row = conn.execute(outbox.NEXT_SEQ).fetchone()
-        assert row is not None
-        ops = [Op(binding.alias, binding.alias, doc_id, int(row[0]), None) for doc_id in junk]
-        writer = BulkWriter(search, concurrency=1, max_bytes=8 << 20, max_read_age=60.0)
-        try:
-            writer.write(ops, time.monotonic())
-        finally:
-            writer.close()
+        version = store.next_seq()
+        ops = [Op(binding.alias, binding.alias, doc_id, version, None) for doc_id in junk]
+        writer.write(ops, time.monotonic())
     return len(ids) + len(junk)

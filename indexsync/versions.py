@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
-from indexsync import outbox
 from indexsync.errors import SequenceRegression
 from indexsync.search import Search
+from indexsync.store import Store
 
 META_KEY = "indexsync"
 
@@ -18,10 +14,9 @@ def record_max_seq(search: Search, index: str, seq: int) -> None:
     search.put_meta(index, {META_KEY: {"max_seq": seq}})
 
 
-def check_sequence(conn: psycopg.Connection[Any], search: Search, alias: str) -> None:
+def check_sequence(store: Store, search: Search, alias: str) -> None:
     """Refuse an index that holds versions beyond the database's change sequence."""
-    row = conn.execute(outbox.LAST_SEQ).fetchone()
-    last = int(row[0]) if row else 0
+    last = store.last_seq()
     for index in search.alias_targets(alias):
         meta = search.get_meta(index).get(META_KEY) or {}
         high = meta.get("max_seq") if isinstance(meta, dict) else None

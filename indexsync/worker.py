@@ -9,19 +9,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-import psycopg
-
-from indexsync import db, documents, migrations, outbox, refresh, reread, versions
+from indexsync import changes as batches
+from indexsync import migrations, refresh, reread, versions
 from indexsync.bindings import Binding
-from indexsync.documents import Op
+from indexsync.bulk import Op, build_ops
 from indexsync.errors import DatabaseUnavailable, IndexMissing, IndexsyncError, SearchUnavailable
+from indexsync.health import Health
 from indexsync.logs import get_logger
-from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Health, Metrics
-from indexsync.outbox import DeadLetter
+from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Metrics
+from indexsync.rows import Change, DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
+from indexsync.store import Store
 from indexsync.writer import BulkWriter, StaleRead, WriteResult, backoff
 
 log = get_logger(__name__)
@@ -49,7 +49,7 @@ class Totals:
     by_index: dict[str, int] = field(default_factory=dict)
 
 
-Reload = Callable[[psycopg.Connection[Any]], tuple[dict[str, Binding], dict[str, str]]]
+Reload = Callable[[Store], tuple[dict[str, Binding], dict[str, str]]]
 
 # A paused binding is probed again after this long at most.
 _PAUSE_MAX_DELAY = 5.0
@@ -106,7 +106,7 @@ class Worker:
         self._lock = threading.Lock()
         self._drained_at = time.monotonic()
         self._succeeded: dict[str, datetime] = {}
-        self._lane_conns: list[psycopg.Connection[Any]] = []
+        self._lane_stores: list[Store] = []
         self._lanes = (
             ThreadPoolExecutor(settings.bulk_concurrency + 1, thread_name_prefix="lane")
             if settings.bulk_concurrency > 1
@@ -115,8 +115,8 @@ class Worker:
         self._recorded_seq = 0
         self._observed_at = float("-inf")
         self._refreshed_at = float("-inf")
-        self._conn: psycopg.Connection[Any] | None = None
-        self._listener: psycopg.Connection[Any] | None = None
+        self._store: Store | None = None
+        self._listener: Store | None = None
         self.writer = BulkWriter.from_settings(search, settings)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -135,28 +135,24 @@ class Worker:
         self.close()
 
     def _disconnect(self) -> None:
-        for conn in (self._conn, self._listener, *self._lane_conns):
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
-        self._conn = self._listener = None
-        self._lane_conns = []
+        for store in (self._store, self._listener, *self._lane_stores):
+            if store is not None:
+                store.close()
+        self._store = self._listener = None
+        self._lane_stores = []
 
-    def _connect(self, listen: bool) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.settings, autocommit=True, role="worker")
+    def _connect(self, listen: bool) -> Store:
+        if self._store is None or self._store.closed:
+            self._store = Store.connect(self.settings, role="worker")
         if listen and (self._listener is None or self._listener.closed):
             # LISTEN gets its own autocommit connection that never sits in a transaction.
-            self._listener = db.connect(self.settings, autocommit=True, role="listener")
-            with db.translated():
-                self._listener.execute(f"LISTEN {outbox.CHANNEL}")
-        return self._conn
+            self._listener = Store.connect(self.settings, role="listener")
+            self._listener.listen()
+        return self._store
 
     def check_schema(self) -> None:
         """Refuse to start against a schema version this release does not match."""
-        conn = self._connect(listen=False)
-        with db.translated():
-            migrations.require_current(conn)
+        migrations.require_current(self._connect(listen=False))
 
     def check_indexes(self) -> None:
         """Fail fast when an alias the bindings need is missing."""
@@ -169,28 +165,21 @@ class Worker:
 
     def check_versions(self) -> None:
         """Refuse to start when an index is ahead of the database's sequence (a restore)."""
-        conn = self._connect(listen=False)
-        with db.translated():
-            for alias in self.bindings:
-                versions.check_sequence(conn, self.search, alias)
+        store = self._connect(listen=False)
+        for alias in self.bindings:
+            versions.check_sequence(store, self.search, alias)
 
     def _record_progress(self, force: bool = False) -> None:
         # The sequence's current value bounds every version written so far; keeping it in
         # the index lets a later start notice a database that went back in time.
         now = time.monotonic()
-        if self._conn is None or (not force and now - self._recorded_at < _RECORD_EVERY):
+        if self._store is None or (not force and now - self._recorded_at < _RECORD_EVERY):
             return
         self._recorded_at = now
         with self._lock:
             succeeded, self._succeeded = self._succeeded, {}
-        if succeeded:
-            with db.translated():
-                self._conn.execute(
-                    outbox.RECORD_PROGRESS, (list(succeeded), list(succeeded.values()))
-                )
-        with db.translated():
-            row = self._conn.execute(outbox.LAST_SEQ).fetchone()
-        seq = int(row[0]) if row else 0
+        self._store.record_progress(succeeded)
+        seq = self._store.last_seq()
         if seq <= self._recorded_seq:
             return
         for alias in self.bindings:
@@ -213,14 +202,13 @@ class Worker:
         must_drain = True
         while not self.stop.is_set():
             try:
-                conn = self._connect(listen=not until_idle)
+                store = self._connect(listen=not until_idle)
                 self._drained_at = time.monotonic()
-                self._retry_paused(conn)
-                self._maintain(conn)
+                self._retry_paused(store)
+                self._maintain(store)
                 # An idle poll is one autocommit probe, not a claim transaction: a third of
                 # the round trips, since most polls of an idle worker find nothing.
-                with db.translated():
-                    pending = must_drain or outbox.has_pending(conn, self.paused())
+                pending = must_drain or store.has_pending(self.paused())
                 if pending:
                     self.drain()
                 failures = 0
@@ -252,29 +240,28 @@ class Worker:
 
     # --- schema changes ---------------------------------------------------------------------
 
-    def _maintain(self, conn: psycopg.Connection[Any]) -> None:
+    def _maintain(self, store: Store) -> None:
         """Notice schema changes, and re-queue a refreshing index's next chunk, when due."""
         now = time.monotonic()
         if now >= self._observed_at + _OBSERVE_EVERY:
             self._observed_at = now
             with self._lock:
                 live = {a: b for a, b in self.bindings.items() if a not in self._paused}
-            with db.translated():
-                for alias, binding in live.items():
-                    with conn.transaction():
-                        changed = refresh.observe(conn, binding)
-                    if changed and self._reload is not None:
-                        # A listed column may be gone: resolve the binding again.
-                        good, _ = self._reload(conn)
-                        if alias in good:
-                            with self._lock:
-                                self.bindings[alias] = good[alias]
+            for alias, binding in live.items():
+                with store.transaction():
+                    changed = refresh.observe(store, binding)
+                if changed and self._reload is not None:
+                    # A listed column may be gone: resolve the binding again.
+                    good, _ = self._reload(store)
+                    if alias in good:
+                        with self._lock:
+                            self.bindings[alias] = good[alias]
         if now >= self._refreshed_at + 1.0:
             self._refreshed_at = now
             with self._lock:
                 live = {a: b for a, b in self.bindings.items() if a not in self._paused}
-            with db.translated(), conn.transaction():
-                refresh.step(conn, live, self.settings.refresh_rate)
+            with store.transaction():
+                refresh.step(store, live, self.settings.refresh_rate)
 
     # --- paused bindings ------------------------------------------------------------------
 
@@ -283,7 +270,7 @@ class Worker:
         with self._lock:
             return sorted(self._paused)
 
-    def _pause(self, conn: psycopg.Connection[Any], alias: str, reason: str) -> None:
+    def _pause(self, store: Store, alias: str, reason: str) -> None:
         """Stop one index (inside the batch's transaction); the others go on."""
         with self._lock:
             state = self._paused.get(alias)
@@ -294,59 +281,56 @@ class Worker:
                 state.retry_at = time.monotonic()
                 log.error("binding.paused", index=alias, reason=reason)
             state.reason = reason
-        outbox.set_paused(conn, alias, reason)
+        store.set_paused(alias, reason)
         state.recorded = True
 
-    def _retry_paused(self, conn: psycopg.Connection[Any]) -> None:
+    def _retry_paused(self, store: Store) -> None:
         now = time.monotonic()
         with self._lock:
             due = [alias for alias, p in self._paused.items() if p.retry_at <= now]
         if not due:
             return
-        with db.translated():
-            if self._reload is not None:
-                good, broken = self._reload(conn)
-            else:
-                good, broken = dict(self.bindings), {}
-            for alias in due:
-                state = self._paused[alias]
-                binding = good.get(alias)
-                reason = broken.get(alias)
-                if binding is not None:
-                    try:
-                        with conn.transaction():
-                            reread.probe(conn, binding)
-                    except reread.BindingBroken as exc:
-                        reason = str(exc)
-                if reason is not None or binding is None:
-                    state.reason = reason or f"index {alias!r}: no longer in the bindings file"
-                    state.failures += 1
-                    state.retry_at = now + backoff(state.failures, _PAUSE_MAX_DELAY)
-                    if not state.recorded:
-                        outbox.set_paused(conn, alias, state.reason)
-                        state.recorded = True
-                        log.error("binding.paused", index=alias, reason=state.reason)
-                    continue
-                with self._lock:
-                    self.bindings[alias] = binding
-                    del self._paused[alias]
-                outbox.set_paused(conn, alias, None)
-                log.info("binding.resumed", index=alias, after_failures=state.failures)
+        if self._reload is not None:
+            good, broken = self._reload(store)
+        else:
+            good, broken = dict(self.bindings), {}
+        for alias in due:
+            state = self._paused[alias]
+            binding = good.get(alias)
+            reason = broken.get(alias)
+            if binding is not None:
+                try:
+                    with store.transaction():
+                        reread.probe(store, binding)
+                except reread.BindingBroken as exc:
+                    reason = str(exc)
+            if reason is not None or binding is None:
+                state.reason = reason or f"index {alias!r}: no longer in the bindings file"
+                state.failures += 1
+                state.retry_at = now + backoff(state.failures, _PAUSE_MAX_DELAY)
+                if not state.recorded:
+                    store.set_paused(alias, state.reason)
+                    state.recorded = True
+                    log.error("binding.paused", index=alias, reason=state.reason)
+                continue
+            with self._lock:
+                self.bindings[alias] = binding
+                del self._paused[alias]
+            store.set_paused(alias, None)
+            log.info("binding.resumed", index=alias, after_failures=state.failures)
 
     def _wait(self) -> bool:
         """Sleep until the next poll is due; True when a notification cut it short."""
         assert self._listener is not None
         # Polls keep a fixed cadence: the drain's own duration counts towards the interval.
         deadline = self._drained_at + self.settings.poll_interval
-        with db.translated():
-            # Short slices, so that a SIGTERM is honoured promptly even with a long interval.
-            while not self.stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                timeout = min(left, _WAIT_SLICE)
-                for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                    return True
+        # Short slices, so that a SIGTERM is honoured promptly even with a long interval.
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._listener.notified(min(left, _WAIT_SLICE)):
+                return True
         return False
 
     def drain(self) -> int:
@@ -362,11 +346,11 @@ class Worker:
         # coordinated like separate workers (SKIP LOCKED claims, versioned writes).
         # One lane more than bulk slots: while every slot has a request in flight, the spare
         # lane claims and reads its next batch, then waits for a slot in the writer's pool.
-        while len(self._lane_conns) < self.settings.bulk_concurrency:
-            self._lane_conns.append(db.connect(self.settings, autocommit=True, role="worker"))
-        conns = [self._connect(listen=False), *self._lane_conns]
+        while len(self._lane_stores) < self.settings.bulk_concurrency:
+            self._lane_stores.append(Store.connect(self.settings, role="worker"))
+        stores = [self._connect(listen=False), *self._lane_stores]
         failed = threading.Event()
-        futures = [self._lanes.submit(self._lane, conn, failed) for conn in conns]
+        futures = [self._lanes.submit(self._lane, store, failed) for store in stores]
         # Every lane ends before this returns or raises: a connection is never shared by
         # two threads, and a reconnect never closes one that a lane still uses.
         wait(futures)
@@ -376,11 +360,11 @@ class Worker:
                 raise error
         return first + sum(future.result() for future in futures)
 
-    def _lane(self, conn: psycopg.Connection[Any], failed: threading.Event) -> int:
+    def _lane(self, store: Store, failed: threading.Event) -> int:
         done = 0
         try:
             while not (self.stop.is_set() or failed.is_set()):
-                n = self.process_batch(conn)
+                n = self.process_batch(store)
                 done += n
                 if n < self.settings.batch_size:
                     break
@@ -391,35 +375,33 @@ class Worker:
 
     # --- one batch ------------------------------------------------------------------------
 
-    def process_batch(self, conn: psycopg.Connection[Any]) -> int:
+    def process_batch(self, store: Store) -> int:
         """Claim, re-read, write and acknowledge one batch; returns the changes claimed."""
         started = time.monotonic()
-        try:
-            with conn.transaction():
-                changes = outbox.claim(conn, self.settings.batch_size, self.paused())
-                if not changes:
-                    return 0
-                # Drawn after the claim and before the re-read, so a larger version always
-                # carries a newer read (see the README's design notes). Rebuilds are read
-                # here too, never before the claim: the claim gave this transaction an xid,
-                # so a rebuild recorded after this read waits for the batch to end.
-                version, rebuilds = outbox.batch_context(conn)
-                # Taken before the re-read is sent: a pause while its answer is in flight
-                # must count towards the read's age (see max_read_age).
-                read_at = time.monotonic()
-                ops, unbuilt = self._build_ops(conn, changes, rebuilds, version)
-                written = self.writer.write(ops, read_at, defer=True)
-                written.dead.extend(unbuilt)
-                # Older dead letters of these documents are obsolete: they landed since, or
-                # failed again and get a fresh letter just below.
-                settled = _settled(ops, written)
-                settled.update({(d.index_name, d.doc_id): version for d in unbuilt})
-                outbox.clear_dead_letters(conn, settled)
-                outbox.add_dead_letters(conn, written.dead)
-                # Items refused for too long go back into the outbox for a later batch.
-                outbox.requeue(conn, {(op.alias, op.doc_id) for op in written.deferred})
-        except psycopg.Error as exc:
-            raise db.translate(exc) from exc
+        with store.transaction():
+            changes = store.claim(self.settings.batch_size, self.paused())
+            if not changes:
+                return 0
+            # Drawn after the claim and before the re-read, so a larger version always
+            # carries a newer read (see the README's design notes). Rebuilds are read
+            # here too, never before the claim: the claim gave this transaction an xid,
+            # so a rebuild recorded after this read waits for the batch to end.
+            context = store.batch_context()
+            version, rebuilds = context.version, context.rebuilds
+            # Taken before the re-read is sent: a pause while its answer is in flight
+            # must count towards the read's age (see max_read_age).
+            read_at = time.monotonic()
+            ops, unbuilt = self._build_ops(store, changes, rebuilds, version)
+            written = self.writer.write(ops, read_at, defer=True)
+            written.dead.extend(unbuilt)
+            # Older dead letters of these documents are obsolete: they landed since, or
+            # failed again and get a fresh letter just below.
+            settled = _settled(ops, written)
+            settled.update({(d.index_name, d.doc_id): version for d in unbuilt})
+            store.clear_dead_letters(settled)
+            store.add_dead_letters(written.dead)
+            # Items refused for too long go back into the outbox for a later batch.
+            store.requeue({(op.alias, op.doc_id) for op in written.deferred})
         landed_at = datetime.now(UTC)
         with self._lock:
             for change in changes:
@@ -429,15 +411,15 @@ class Worker:
 
     def _build_ops(
         self,
-        conn: psycopg.Connection[Any],
-        changes: Sequence[outbox.Change],
+        store: Store,
+        changes: Sequence[Change],
         rebuilds: dict[str, str],
         version: int,
     ) -> tuple[list[Op], list[DeadLetter]]:
         """The bulk items of a batch, and the documents PostgreSQL could not build."""
         ops: list[Op] = []
         unbuilt: list[DeadLetter] = []
-        for alias, work in documents.plan(changes).items():
+        for alias, work in batches.plan(changes).items():
             with self._lock:
                 binding = self.bindings.get(alias)
                 paused = alias in self._paused
@@ -448,18 +430,18 @@ class Worker:
             try:
                 if binding is None:
                     raise reread.BindingBroken(alias, "-", self._paused[alias].reason)
-                ops.extend(self._index_ops(conn, binding, work, rebuilds, version, unbuilt))
+                ops.extend(self._index_ops(store, binding, work, rebuilds, version, unbuilt))
             except reread.BindingBroken as exc:
                 # Only this index stops; its changes go back to wait for the fix.
-                outbox.requeue_changes(conn, [c for c in changes if c.index_name == alias])
-                self._pause(conn, alias, str(exc))
+                store.requeue_changes([c for c in changes if c.index_name == alias])
+                self._pause(store, alias, str(exc))
         return ops, unbuilt
 
     def _index_ops(
         self,
-        conn: psycopg.Connection[Any],
+        store: Store,
         binding: Binding,
-        work: documents.IndexWork,
+        work: batches.IndexWork,
         rebuilds: dict[str, str],
         version: int,
         unbuilt: list[DeadLetter],
@@ -470,7 +452,7 @@ class Worker:
             targets.append((rebuilds[alias], False))
         ids = set(work.ids)
         for source, keys in work.keys.items():
-            found = reread.expand(conn, binding.key, binding, source, keys)
+            found = reread.expand(store, binding, source, keys)
             if found is None:
                 log.warning("outbox.unbound_dependency", index=alias, table=source)
                 continue
@@ -479,7 +461,7 @@ class Worker:
             ids |= self._indexed_ids(alias, targets, version)
         if not ids:
             return []
-        result = reread.read(conn, binding, sorted(ids))
+        result = reread.read(store, binding, sorted(ids))
         for failure in result.failures:
             # No item for this id: its document stays as it was until the row can be read.
             ids.discard(failure.doc_id)
@@ -501,7 +483,7 @@ class Worker:
                 sqlstate=failure.sqlstate,
                 error=failure.message,
             )
-        return documents.build_ops(alias, targets, ids, result.docs, version)
+        return build_ops(alias, targets, ids, result.docs, version)
 
     def _indexed_ids(self, alias: str, targets: list[tuple[str, bool]], version: int) -> set[str]:
         # After a TRUNCATE every indexed document is suspect. Re-reading them like any other
@@ -518,7 +500,7 @@ class Worker:
 
     def _account(
         self,
-        changes: Sequence[outbox.Change],
+        changes: Sequence[Change],
         ops: Sequence[Op],
         written: WriteResult,
         started: float,

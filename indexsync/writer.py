@@ -7,11 +7,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from indexsync import documents
-from indexsync.documents import Op
+from indexsync.bulk import Op, chunk_bodies
 from indexsync.errors import IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
-from indexsync.outbox import DeadLetter
+from indexsync.rows import DeadLetter
 from indexsync.search import ItemResult, Outcome, RequestTooLarge, Search
 from indexsync.settings import Settings
 
@@ -132,7 +131,7 @@ class BulkWriter:
         return result
 
     def _bulk(self, ops: list[Op]) -> list[tuple[Op, ItemResult]]:
-        chunks = list(documents.chunk_bodies(ops, self.max_bytes, ITEMS_PER_REQUEST))
+        chunks = list(chunk_bodies(ops, self.max_bytes, ITEMS_PER_REQUEST))
         if len(chunks) == 1:
             return self._send_chunk(*chunks[0])
         futures = [self._pool.submit(self._send_chunk, chunk, body) for chunk, body in chunks]

@@ -26,10 +26,12 @@ import pytest
 from elasticsearch import Elasticsearch
 from psycopg import sql
 
-from indexsync.bindings import Binding, load_bindings, resolve
+from indexsync.bindings import Binding, load_bindings
+from indexsync.catalog import resolve
 from indexsync.esproxy import CompatProxy
 from indexsync.search import Search, make_client
 from indexsync.settings import Settings, load_settings
+from indexsync.store import Store
 from indexsync.worker import Totals, Worker
 
 TEMPLATE = "indexsync_test_template"
@@ -231,8 +233,8 @@ class Env:
     def resolved(self, **overrides: Any) -> dict[str, Binding]:
         """The bindings as the worker sees them."""
         settings = self.settings(**overrides)
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return resolve(conn, load_bindings(settings.config), settings.config)
+        with Store.connect(settings) as store:
+            return resolve(store, load_bindings(settings.config), settings.config)
 
     def sync(self, **overrides: Any) -> Totals:
         """Run one in-process worker until the outbox is empty."""

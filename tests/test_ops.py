@@ -25,25 +25,25 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from indexsync import __version__, db
+from indexsync import __version__
 from indexsync.errors import ConfigError, DatabaseUnavailable
+from indexsync.health import Health
+from indexsync.httpserver import MetricsServer
 from indexsync.metrics import (
     DEAD_LETTER,
     OTHER,
     RETRY_429,
     VERSION_CONFLICT,
     BatchCounts,
-    Health,
     Metrics,
-    MetricsServer,
-    Monitor,
-    StatusPoller,
     error_type,
-    ping_search,
 )
+from indexsync.monitor import Monitor
+from indexsync.poller import StatusPoller
 from indexsync.search import Search, make_client
 from indexsync.settings import Settings
 from indexsync.status import IndexStatus, collect
+from indexsync.store import Store
 from tests.conftest import Env, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,13 +186,13 @@ def test_observe_status_reads_the_real_outbox(env: Env) -> None:
     alias = articles(env, rows=20)
     env.install()
     metrics = Metrics(process_metrics=False)
-    with psycopg.connect(env.database_url, autocommit=True) as conn:
-        metrics.observe_status(collect(conn, [alias]))
+    with Store.connect(env.settings()) as store:
+        metrics.observe_status(collect(store, [alias]))
         assert value(metrics, "indexsync_backlog", index=alias) == 24  # 4 sample rows + 20
         lag = value(metrics, "indexsync_lag_seconds", index=alias)
         assert lag is not None and lag >= 0
         env.sync()
-        metrics.observe_status(collect(conn, [alias]))
+        metrics.observe_status(collect(store, [alias]))
     assert value(metrics, "indexsync_backlog", index=alias) == 0
     assert value(metrics, "indexsync_lag_seconds", index=alias) == 0
 
@@ -335,9 +335,9 @@ def test_monitor_with_port_zero_serves_nothing() -> None:
 # --- readiness against the real servers -------------------------------------------------------
 
 
-def _connector(env: Env) -> Callable[[], psycopg.Connection[Any]]:
+def _connector(env: Env) -> Callable[[], Store]:
     settings = env.settings()
-    return partial(db.connect, settings, autocommit=True, role="health")
+    return partial(Store.connect, settings, role="health")
 
 
 @pytest.fixture
@@ -357,7 +357,7 @@ def test_readyz_reports_a_stalled_backlog_until_the_worker_drains_it(
     with Monitor(
         connect=_connector(env),
         aliases=[alias],
-        ping=ping_search(search, 2.0),
+        ping=partial(search.health_ping, 2.0),
         port=None,
         stall_seconds=1.0,
         interval=0.1,
@@ -392,7 +392,7 @@ def test_readyz_follows_a_search_outage(env: Env, search: Search) -> None:
     with Monitor(
         connect=_connector(env),
         aliases=[alias],
-        ping=ping_search(search, 1.0),
+        ping=partial(search.health_ping, 1.0),
         port=None,
         stall_seconds=5.0,
         interval=0.1,
@@ -430,7 +430,7 @@ def test_poller_reconnects_after_losing_the_database(env: Env, search: Search) -
         connect=flaky_connect,
         aliases=[alias],
         health=health,
-        ping=ping_search(search, 2.0),
+        ping=partial(search.health_ping, 2.0),
         metrics=metrics,
         interval=0.05,
     )

@@ -315,7 +315,7 @@ def test_without_notify_the_worker_polls(env: Env) -> None:
 
 
 def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
-    from indexsync.documents import Op
+    from indexsync.bulk import Op
     from indexsync.search import Outcome, Search
 
     posts.sql("INSERT INTO posts (id, title) VALUES (1, 'old')")
@@ -340,7 +340,7 @@ def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
 
 
 def test_a_deleted_document_is_not_resurrected_by_a_late_write(posts: Env) -> None:
-    from indexsync.documents import Op
+    from indexsync.bulk import Op
     from indexsync.search import Search
 
     posts.sql("INSERT INTO posts (id, title) VALUES (1, 'doomed')")

@@ -1,0 +1,148 @@
+"""The typed rows the store hands out: what one outbox row, dead letter or rebuild is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# Outbox row kinds: a document id; a TRUNCATE marker (doc_id is NULL); the key of a row of
+# the dependent table `source`, mapped to documents by the worker.
+KIND_DOC = "d"
+KIND_TRUNCATE = "t"
+KIND_KEY = "k"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One claimed outbox row."""
+
+    seq: int
+    index_name: str
+    doc_id: str | None
+    kind: str
+    source: str | None
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What a batch reads right after its claim: its version and the rebuilds in progress."""
+
+    version: int
+    # alias -> physical index being rebuilt beside it
+    rebuilds: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A document the search server refused for good, or PostgreSQL could not build."""
+
+    index_name: str
+    doc_id: str
+    seq: int
+    status: int | None
+    error_type: str
+    reason: str
+    sqlstate: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    """A dead letter as `indexsync deadletters` lists it."""
+
+    id: int
+    index_name: str
+    doc_id: str
+    seq: int
+    status: int | None
+    error_type: str | None
+    reason: str | None
+    failed_at: datetime
+    sqlstate: str | None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Changes waiting for one index."""
+
+    index_name: str
+    changes: int
+    oldest_seconds: float | None
+
+
+@dataclass(frozen=True)
+class BindingState:
+    """Why an index is paused, and how far its refresh after a schema change is."""
+
+    index_name: str
+    paused_reason: str | None
+    paused_at: datetime | None
+    refreshing: bool
+    refresh_done: int
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A refreshing index claimed by this worker for its next chunk."""
+
+    index_name: str
+    refresh_after: str | None
+    refresh_done: int
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """A rebuild in progress."""
+
+    alias: str
+    target: str
+    watermark: int | None
+    in_place: bool
+    last_key: str | None
+    rows_done: int
+    rows_total: int | None
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """A seq drawn now, and the transactions that were in progress at that moment."""
+
+    watermark: int
+    snapshot: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table found in the catalog."""
+
+    oid: int
+    schema: str
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a table and its SQL type."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class InstalledTrigger:
+    """A capture trigger found in the catalog."""
+
+    name: str
+    schema: str
+    table: str
+    function: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document as PostgreSQL renders it: its `_id` and its JSON text."""
+
+    doc_id: str
+    source: str

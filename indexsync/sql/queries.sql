@@ -1,0 +1,308 @@
+-- indexsync's named queries. Each starts with `-- name: <name>` and a line saying what it
+-- does; `indexsync.queries` loads them by name and `indexsync.store` runs them.
+-- Queries built from a binding (document reads, capture triggers) are composed with
+-- psycopg.sql in documents.py and capture.py instead.
+
+-- === the schema ===========================================================================
+
+-- name: schema_exists
+-- Whether the indexsync schema exists.
+SELECT to_regnamespace('indexsync') IS NOT NULL;
+
+-- name: create_schema
+-- The schema itself; its objects come from the numbered migrations.
+CREATE SCHEMA indexsync;
+
+-- name: drop_schema
+-- Everything indexsync owns in the database; the cascade takes the triggers too.
+DROP SCHEMA IF EXISTS indexsync CASCADE;
+
+-- name: lock_timeout
+-- DDL waits this long at most for a table's lock, instead of queueing writers behind it.
+SET LOCAL lock_timeout = '30s';
+
+-- name: read_only
+-- `check` and `--print-sql` change nothing.
+SET TRANSACTION READ ONLY;
+
+-- name: migrations_lock
+-- Serialises concurrent installs: two would otherwise race to apply the same migration.
+SELECT pg_advisory_xact_lock(hashtext('indexsync.migrations'));
+
+-- name: meta_exists
+-- Whether the meta table exists (it does from migration 1 on).
+SELECT to_regclass('indexsync.meta') IS NOT NULL;
+
+-- name: get_meta
+-- One install-time fact.
+SELECT value FROM indexsync.meta WHERE key = %(key)s;
+
+-- name: set_meta
+-- Record one install-time fact.
+INSERT INTO indexsync.meta (key, value) VALUES (%(key)s, %(value)s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+WHERE meta.value IS DISTINCT FROM EXCLUDED.value;
+
+-- name: statement_timeout
+-- Bound every query of a session (the health checks: a hanging check is worse than a failed one).
+SELECT set_config('statement_timeout', %(timeout)s, false);
+
+-- === the catalog ==========================================================================
+
+-- name: resolve_table
+-- A table named in the bindings file, as the catalog knows it.
+SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relkind AS kind
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%(name)s);
+
+-- name: table_columns
+-- The live columns of a table and their types, in table order.
+SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
+FROM pg_attribute a
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;
+
+-- name: primary_key
+-- The primary key's columns and their types, in key order.
+SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
+FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = %(oid)s AND i.indisprimary
+ORDER BY array_position(i.indkey, a.attnum);
+
+-- name: capture_functions
+-- Every function of the indexsync schema, with its source.
+SELECT p.proname AS name, p.prosrc AS source FROM pg_proc p
+WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'indexsync');
+
+-- name: capture_triggers
+-- Every trigger that calls a function of the indexsync schema.
+SELECT t.tgname AS name, n.nspname AS schema, c.relname AS "table", p.proname AS function
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE NOT t.tgisinternal
+  AND p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'indexsync');
+
+-- name: fingerprint
+-- A digest of the columns and types of a binding's tables, in the order given.
+SELECT md5(string_agg(
+    c.oid::regclass::text || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod),
+    ',' ORDER BY u.n, a.attnum))
+FROM unnest(%(schemas)s::text[], %(tables)s::text[]) WITH ORDINALITY AS u(s, t, n)
+JOIN pg_class c ON c.oid = to_regclass(quote_ident(u.s) || '.' || quote_ident(u.t))
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- === the outbox: the worker's side ========================================================
+
+-- name: claim
+-- Claim and acknowledge in one round trip: the rows are deleted now, but the delete only
+-- becomes visible at commit. A rollback hands them back; SKIP LOCKED lets other workers
+-- take the rest meanwhile. Changes of paused indexes stay where they are.
+DELETE FROM indexsync.outbox
+WHERE seq IN (
+    SELECT seq FROM indexsync.outbox
+    WHERE index_name <> ALL(%(paused)s::text[])
+    ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+RETURNING seq, index_name, doc_id, kind, source;
+
+-- name: has_pending
+-- Whether the outbox holds a row of an unpaused index, claimed by another worker or not.
+SELECT EXISTS (SELECT FROM indexsync.outbox WHERE index_name <> ALL(%(paused)s::text[]));
+
+-- name: batch_context
+-- The batch's version, drawn after its claim and before its re-read, and the rebuilds in
+-- progress (in-place rebuilds write through the alias already, so they need no second target).
+SELECT nextval('indexsync.change_seq') AS version,
+       ARRAY(SELECT alias FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS aliases,
+       ARRAY(SELECT target FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS targets;
+
+-- name: requeue_changes
+-- Claimed changes handed back as they were: kind and source matter (a dependent key, a
+-- TRUNCATE marker), the seq does not (the version is drawn per batch).
+INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
+SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(kinds)s::"char"[], %(sources)s::text[]);
+
+-- name: enqueue_ids
+-- Queue documents of one index (a repair, a refresh, a dead letter retried).
+INSERT INTO indexsync.outbox (index_name, doc_id) SELECT %(index)s, unnest(%(ids)s::text[]);
+
+-- name: pending_for_ids
+-- Whether a change of any of these documents still waits in the outbox.
+SELECT EXISTS (
+    SELECT 1 FROM indexsync.outbox WHERE index_name = %(index)s AND doc_id = ANY(%(ids)s::text[])
+);
+
+-- name: next_seq
+-- A version drawn now.
+SELECT nextval('indexsync.change_seq');
+
+-- name: last_seq
+-- The sequence's high-water mark: no version written so far is above it.
+SELECT last_value FROM indexsync.change_seq;
+
+-- name: record_progress
+-- When each index last had a batch land.
+INSERT INTO indexsync.progress (index_name, last_success_at)
+SELECT * FROM unnest(%(indexes)s::text[], %(times)s::timestamptz[])
+ON CONFLICT (index_name) DO UPDATE SET last_success_at = EXCLUDED.last_success_at
+WHERE progress.last_success_at < EXCLUDED.last_success_at;
+
+-- === dead letters =========================================================================
+
+-- name: add_dead_letters
+-- Record documents that were refused, or could not be built.
+INSERT INTO indexsync.dead_letters (index_name, doc_id, seq, status, error_type, reason, sqlstate)
+SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(seqs)s::bigint[],
+                     %(statuses)s::int[], %(types)s::text[], %(reasons)s::text[],
+                     %(sqlstates)s::text[]);
+
+-- name: clear_dead_letters
+-- A document that landed at version v no longer needs the dead letters of older versions.
+DELETE FROM indexsync.dead_letters d
+USING unnest(%(indexes)s::text[], %(ids)s::text[], %(versions)s::bigint[])
+    AS u(index_name, doc_id, version)
+WHERE d.index_name = u.index_name AND d.doc_id = u.doc_id AND d.seq < u.version;
+
+-- name: list_dead_letters
+-- Dead letters, oldest first.
+SELECT id, index_name, doc_id, seq, status, error_type, reason, failed_at, sqlstate
+FROM indexsync.dead_letters
+WHERE (%(index)s::text IS NULL OR index_name = %(index)s)
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: retry_dead_letters
+-- Retrying re-enqueues the ids with a fresh seq: the worker re-reads the row as it is now.
+WITH gone AS (
+    DELETE FROM indexsync.dead_letters
+    WHERE (%(index)s::text IS NULL OR index_name = %(index)s)
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+    RETURNING index_name, doc_id
+)
+INSERT INTO indexsync.outbox (index_name, doc_id)
+SELECT DISTINCT index_name, doc_id FROM gone;
+
+-- === status ===============================================================================
+
+-- name: backlog
+-- Changes waiting per index, and the age of the oldest.
+SELECT index_name, count(*) AS changes,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
+FROM indexsync.outbox GROUP BY index_name;
+
+-- name: progress
+-- When each index last had a batch land.
+SELECT index_name, last_success_at FROM indexsync.progress;
+
+-- name: dead_letter_counts
+-- Dead letters per index.
+SELECT index_name, count(*) AS letters FROM indexsync.dead_letters GROUP BY index_name;
+
+-- name: binding_states
+-- Why an index is paused, and how far its refresh after a schema change is.
+SELECT index_name, paused_reason, paused_at, refreshing, refresh_done
+FROM indexsync.binding_state;
+
+-- name: rebuilds
+-- Every rebuild in progress.
+SELECT alias, target, watermark, in_place, last_key, rows_done, rows_total, started_at, updated_at
+FROM indexsync.rebuilds;
+
+-- === paused bindings and schema changes ===================================================
+
+-- name: set_paused
+-- Record why an index is paused (the first time: since when).
+INSERT INTO indexsync.binding_state AS b (index_name, paused_reason, paused_at)
+VALUES (%(index)s, %(reason)s, now())
+ON CONFLICT (index_name) DO UPDATE
+SET paused_reason = EXCLUDED.paused_reason, updated_at = now(),
+    paused_at = CASE WHEN b.paused_reason IS NULL THEN now() ELSE b.paused_at END
+WHERE b.paused_reason IS DISTINCT FROM EXCLUDED.paused_reason;
+
+-- name: clear_paused
+-- The index syncs again.
+UPDATE indexsync.binding_state SET paused_reason = NULL, paused_at = NULL, updated_at = now()
+WHERE index_name = %(index)s AND paused_reason IS NOT NULL;
+
+-- name: observe_fingerprint
+-- Record a binding's shape. Returns the fingerprint seen before (NULL the first time) and
+-- whether it changed; a change starts a refresh from the first key.
+WITH old AS (
+    SELECT fingerprint FROM indexsync.binding_state WHERE index_name = %(index)s FOR UPDATE
+), up AS (
+    INSERT INTO indexsync.binding_state AS b (index_name, fingerprint)
+    VALUES (%(index)s, %(fingerprint)s)
+    ON CONFLICT (index_name) DO UPDATE
+    SET fingerprint = EXCLUDED.fingerprint, updated_at = now(),
+        refreshing = b.refreshing OR b.fingerprint IS NOT NULL,
+        refresh_after = CASE WHEN b.fingerprint IS NULL THEN b.refresh_after END,
+        refresh_done = CASE WHEN b.fingerprint IS NULL THEN b.refresh_done ELSE 0 END,
+        refresh_started_at = CASE WHEN b.fingerprint IS NULL THEN b.refresh_started_at
+                                  ELSE now() END
+    WHERE b.fingerprint IS DISTINCT FROM EXCLUDED.fingerprint
+    RETURNING 1
+)
+SELECT (SELECT fingerprint FROM old) AS before, EXISTS (SELECT FROM up) AS changed;
+
+-- name: next_refresh
+-- One refreshing index that no other worker is advancing right now.
+SELECT index_name, refresh_after, refresh_done FROM indexsync.binding_state
+WHERE refreshing AND index_name = ANY(%(indexes)s::text[])
+ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+
+-- name: advance_refresh
+-- A refresh's next chunk is queued.
+UPDATE indexsync.binding_state
+SET refresh_after = %(after)s, refresh_done = refresh_done + %(count)s,
+    refreshing = %(more)s, updated_at = now()
+WHERE index_name = %(index)s;
+
+-- === rebuilds =============================================================================
+
+-- name: get_rebuild
+-- The rebuild of one alias, if one is in progress.
+SELECT alias, target, watermark, in_place, last_key, rows_done, rows_total, started_at, updated_at
+FROM indexsync.rebuilds WHERE alias = %(alias)s;
+
+-- name: start_rebuild
+-- From this commit on, workers write every change of the alias to the target too.
+INSERT INTO indexsync.rebuilds (alias, target, in_place, rows_total)
+VALUES (%(alias)s, %(target)s, %(in_place)s, %(total)s);
+
+-- name: start_backfill
+-- install's backfill of a new index: an in-place rebuild whose watermark is drawn later.
+INSERT INTO indexsync.rebuilds (alias, target, in_place) VALUES (%(alias)s, %(target)s, true)
+ON CONFLICT (alias) DO NOTHING;
+
+-- name: unfinished_backfills
+-- In-place rebuilds left unfinished (a killed install or reindex --in-place).
+SELECT alias FROM indexsync.rebuilds WHERE in_place;
+
+-- name: set_watermark
+-- The rebuild's V0.
+UPDATE indexsync.rebuilds SET watermark = %(watermark)s, updated_at = now() WHERE alias = %(alias)s;
+
+-- name: rebuild_progress
+-- The last key whose page has landed: a resume starts after it.
+UPDATE indexsync.rebuilds SET last_key = %(last_key)s, rows_done = %(rows_done)s, updated_at = now()
+WHERE alias = %(alias)s;
+
+-- name: end_rebuild
+-- The rebuild is over (swapped, finished in place, or abandoned).
+DELETE FROM indexsync.rebuilds WHERE alias = %(alias)s;
+
+-- name: draw_watermark
+-- The watermark: a seq drawn now, and the transactions in progress at that moment.
+SELECT nextval('indexsync.change_seq') AS watermark, pg_current_snapshot()::text AS snapshot;
+
+-- name: in_progress
+-- How many transactions of a snapshot are still running.
+SELECT count(*) FROM pg_snapshot_xip(%(snapshot)s::pg_snapshot) AS x
+WHERE pg_xact_status(x) = 'in progress';
+
+-- name: current_snapshot
+-- The transactions running now.
+SELECT pg_current_snapshot()::text;
