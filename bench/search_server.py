@@ -1,7 +1,9 @@
-"""Runs osmem and indexsync's compatibility proxy in their own process.
+"""Runs osmem and the test proxy (answering as Elasticsearch 9) in their own process.
 
-The proxy is Python on an asyncio thread; hosted inside the benchmark process it would
-compete for the GIL with the load generators and distort every figure.
+The bench drives the server with elasticsearch-py, which needs the proxy's media-type
+rewriting; indexsync itself detects the engine through it like any other server. The proxy
+is Python on an asyncio thread; hosted inside the benchmark process it would compete for
+the GIL with the load generators and distort every figure.
 Prints one JSON line with the URL, then runs until standard input closes or SIGTERM.
 """
 
@@ -17,6 +19,7 @@ from types import FrameType
 import structlog
 
 from indexsync.embedded import EmbeddedSearch
+from tests.support.esproxy import CompatProxy
 
 
 def main() -> int:
@@ -38,8 +41,8 @@ def main() -> int:
             pass
         stop.set()
 
-    with EmbeddedSearch() as search:
-        print(json.dumps({"url": search.url, "upstream_url": search.upstream_url}), flush=True)
+    with EmbeddedSearch() as search, CompatProxy(search.url, engine="elasticsearch-9") as proxy:
+        print(json.dumps({"url": proxy.url, "upstream_url": search.url}), flush=True)
         threading.Thread(target=wait_for_eof, name="stdin-eof", daemon=True).start()
         # A timed wait keeps the main thread responsive to signals.
         while not stop.wait(0.5):

@@ -18,7 +18,7 @@ from indexsync.bindings import load_bindings, load_mapping
 from indexsync.bulk import Op
 from indexsync.catalog import resolve
 from indexsync.indexes import index_body
-from indexsync.search import Search, make_client
+from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
 
@@ -87,9 +87,7 @@ def measure_ceiling(ws: Workspace, es: Elasticsearch, per_request: int) -> Ceili
     defaults = worker_defaults()
     concurrency = defaults.bulk_concurrency
     alias = ws.servers.index_name("ceiling")
-    search = Search(
-        make_client(Settings.model_construct(elasticsearch_url=[ws.servers.search_url]))
-    )
+    search = Search.connect(Settings(elasticsearch_url=[ws.servers.search_url]))
     try:
         # A fresh index with the body `indexsync install` gives the sync's index.
         body = index_body(load_mapping(ws.mappings_dir, ws.alias), defaults)

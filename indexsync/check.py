@@ -14,7 +14,7 @@ from typing import Any
 from indexsync import capture, migrations
 from indexsync.bindings import Binding, BindingsFile
 from indexsync.catalog import resolve
-from indexsync.errors import IndexsyncError
+from indexsync.errors import DatabaseUnavailable, IndexsyncError
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
@@ -48,9 +48,9 @@ def check(
         if mappings.get(alias):
             result.checked.append(f"mapping of {alias!r}: {settings.mappings_dir / alias}.json")
         else:
-            result.warnings.append(
-                f"no mapping file for {alias!r} ({settings.mappings_dir / alias}.json): "
-                "the index gets a dynamic mapping"
+            result.checked.append(
+                f"mapping of {alias!r}: no file {settings.mappings_dir / alias}.json, so a "
+                "dynamic mapping"
             )
     _check_database(settings, spec, result)
     _check_search(search, list(spec.indexes), result)
@@ -62,7 +62,9 @@ def _check_database(
 ) -> dict[str, Binding] | None:
     try:
         store = Store.connect(settings, role="check")
-    except IndexsyncError as exc:
+    except DatabaseUnavailable as exc:
+        # A missing or malformed URL is a usage error and stops here; a server that does
+        # not answer is one item of the checklist.
         result.problems.append(f"PostgreSQL: {exc}")
         result.skipped.append("tables, keys, columns and conditions: PostgreSQL is unreachable")
         result.skipped.append("indexsync schema and capture triggers: PostgreSQL is unreachable")

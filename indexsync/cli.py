@@ -20,7 +20,7 @@ from indexsync.errors import ConfigError, IndexsyncError
 from indexsync.install import install, print_sql, uninstall
 from indexsync.monitor import Monitor
 from indexsync.reindex import run_reindex
-from indexsync.search import Search, make_client
+from indexsync.search import Search
 from indexsync.settings import Settings, load_settings
 from indexsync.status import collect, render_table
 from indexsync.store import Store
@@ -42,7 +42,7 @@ def _mappings(settings: Settings, spec: BindingsFile) -> dict[str, dict[str, Any
 
 
 def _search(settings: Settings) -> Search:
-    return Search(make_client(settings))
+    return Search.connect(settings)
 
 
 def cmd_install(settings: Settings, args: argparse.Namespace) -> int:

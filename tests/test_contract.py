@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Env
+from tests.support.env import Env
 
 TABLE = "CREATE TABLE items (id integer PRIMARY KEY, title text, attrs jsonb NOT NULL DEFAULT '{}')"
 
@@ -12,8 +12,8 @@ TABLE = "CREATE TABLE items (id integer PRIMARY KEY, title text, attrs jsonb NOT
 def assert_nothing_installed(env: Env, alias: str) -> None:
     assert env.sql("SELECT to_regnamespace('indexsync')") == [(None,)]
     assert env.sql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'indexsync%'") == [(0,)]
-    assert not env.es.indices.exists(index=f"{alias}-1").body
-    assert not env.es.indices.exists_alias(name=alias).body
+    assert not env.searcher.exists(f"{alias}-1")
+    assert not bool(env.searcher.alias_targets(alias))
 
 
 @pytest.fixture
@@ -101,12 +101,12 @@ def test_a_mapping_the_server_rejects_is_refused_and_nothing_is_left(items: Env)
     assert f"{items.alias('items')}.json" in result.stderr
     # The other index was created first, then removed again with everything else.
     assert_nothing_installed(items, items.alias("items"))
-    assert not items.es.indices.exists_alias(name=items.alias("other")).body
-    assert not items.es.indices.exists(index=items.alias("other") + "-1").body
+    assert not items.searcher.alias_targets(items.alias("other"))
+    assert not items.searcher.exists(items.alias("other") + "-1")
 
 
 def test_an_alias_that_collides_with_a_physical_index_is_refused(items: Env) -> None:
-    items.es.indices.create(index=items.alias("items"))
+    items.searcher.create_index(items.alias("items", {}))
     items.bindings(f'[indexes.{items.alias("items")}]\ntable = "items"\n')
     result = items.cli("install")
     assert result.returncode == 2
@@ -203,9 +203,14 @@ def test_a_document_the_server_rejects_is_dead_lettered_and_retried_after_the_fi
     unhealthy = items.cli("status")
     assert unhealthy.returncode == 1 and "1 dead letter(s)" in unhealthy.stdout
 
-    items.es.indices.put_mapping(
-        index=alias,
-        properties={"attrs": {"type": "object", "properties": {"colour": {"type": "keyword"}}}},
+    items.http.request(
+        "PUT",
+        f"/{alias}/_mapping",
+        body={
+            "properties": {
+                "attrs": {"type": "object", "properties": {"colour": {"type": "keyword"}}}
+            }
+        },
     )
     retried = items.cli("deadletters", "retry", "--index", alias)
     assert retried.returncode == 0 and "re-queued 1" in retried.stdout
@@ -218,7 +223,7 @@ def test_a_dropped_index_stops_the_worker_with_a_configuration_error(items: Env)
     alias = items.alias("items")
     items.bindings(f'[indexes.{alias}]\ntable = "items"\n')
     items.install()
-    items.es.indices.delete(index=f"{alias}-1")
+    items.searcher.delete_index(f"{alias}-1")
     items.sql("INSERT INTO items (id, title) VALUES (1, 'x')")
     result = items.cli("run", timeout=30)
     assert result.returncode == 2

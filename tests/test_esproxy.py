@@ -1,4 +1,8 @@
-"""CompatProxy against a real osmem-server, driven by the real Elasticsearch client."""
+"""The test proxy against a real osmem-server, driven by the real clients.
+
+The proxy is a test tool (tests/support/esproxy.py); these tests keep it honest, since the
+engine and fault scenarios elsewhere rely on what it claims to do.
+"""
 
 from __future__ import annotations
 
@@ -16,23 +20,30 @@ from elasticsearch import ApiError, Elasticsearch, helpers
 from elasticsearch import ConnectionError as ESConnectionError
 
 from indexsync.embedded import EmbeddedPostgres, EmbeddedSearch
-from indexsync.esproxy import CompatProxy
+from tests.support.esproxy import CompatProxy
 
 
 @pytest.fixture(scope="module")
 def search() -> Iterator[EmbeddedSearch]:
-    """One osmem + proxy for the whole module; tests use distinct index names."""
-    with EmbeddedSearch(seed=1234) as s:
+    """One osmem for the whole module; tests use distinct index names."""
+    with EmbeddedSearch() as s:
         yield s
 
 
+@pytest.fixture(scope="module")
+def shared_proxy(search: EmbeddedSearch) -> Iterator[CompatProxy]:
+    """One proxy answering as Elasticsearch 9 in front of it."""
+    with CompatProxy(search.url, seed=1234, engine="elasticsearch-9") as proxy:
+        yield proxy
+
+
 @pytest.fixture
-def proxy(search: EmbeddedSearch) -> Iterator[CompatProxy]:
+def proxy(shared_proxy: CompatProxy) -> Iterator[CompatProxy]:
     """The shared proxy with faults and counters cleared around each test."""
-    search.proxy.faults.reset()
-    search.proxy.stats.reset()
-    yield search.proxy
-    search.proxy.faults.reset()
+    shared_proxy.faults.reset()
+    shared_proxy.stats.reset()
+    yield shared_proxy
+    shared_proxy.faults.reset()
 
 
 @pytest.fixture
@@ -245,23 +256,56 @@ def test_max_body_bytes(es: Elasticsearch, proxy: CompatProxy) -> None:
     assert es.count(index="toolarge")["count"] == 1
 
 
-def test_clone_has_its_own_proxy() -> None:
-    with EmbeddedSearch() as base:
-        client = Elasticsearch(base.url)
+def _raw(url: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    """One GET with exactly these headers, as a client of any engine would send it."""
+    host = url.removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(body)
+    finally:
+        conn.close()
+
+
+VENDOR = "application/vnd.elasticsearch+json; compatible-with={}"
+
+
+@pytest.mark.parametrize(
+    ("engine", "number", "accepted", "refused"),
+    [("elasticsearch-8", "8.19.0", (7, 8), 9), ("elasticsearch-9", "9.2.0", (8, 9), 7)],
+)
+def test_the_proxy_answers_as_elasticsearch(
+    search: EmbeddedSearch, engine: str, number: str, accepted: tuple[int, ...], refused: int
+) -> None:
+    with CompatProxy(search.url, engine=engine) as proxy:
+        status, headers, body = _raw(proxy.url, "/", {"accept": "application/json"})
+        assert status == 200 and body["version"]["number"] == number
+        assert "distribution" not in body["version"]
+        assert headers["x-elastic-product"] == "Elasticsearch"
+        for version in accepted:
+            status, _, _ = _raw(
+                proxy.url, "/_cat/indices?format=json", {"accept": VENDOR.format(version)}
+            )
+            assert status == 200
+        status, _, body = _raw(proxy.url, "/", {"accept": VENDOR.format(refused)})
+        assert status == 400 and body["error"]["type"] == "media_type_header_exception"
+        assert f"but found {refused}" in body["error"]["caused_by"]["reason"]
+
+
+def test_the_proxy_passes_opensearch_through_unchanged(search: EmbeddedSearch) -> None:
+    with CompatProxy(search.url, engine="opensearch") as proxy:
+        status, headers, body = _raw(proxy.url, "/", {"accept": "application/json"})
+        assert status == 200 and body["version"]["distribution"] == "opensearch"
+        assert "x-elastic-product" not in headers
+        # As OpenSearch does: a body in Elasticsearch's vendor media type is refused.
+        conn = http.client.HTTPConnection(proxy.url.removeprefix("http://"), timeout=10)
         try:
-            client.indices.create(index="seeded")
-            client.index(index="seeded", id="1", document={"n": 1}, refresh=True)
+            conn.request("PUT", "/vendor", body=b"{}", headers={"content-type": VENDOR.format(9)})
+            assert conn.getresponse().status == 406
         finally:
-            client.close()
-        with base.clone() as clone:
-            clone_client = Elasticsearch(clone.url)
-            try:
-                assert clone_client.get(index="seeded", id="1")["_source"] == {"n": 1}
-                clone_client.index(index="seeded", id="2", document={"n": 2}, refresh=True)
-                assert clone_client.count(index="seeded")["count"] == 2
-            finally:
-                clone_client.close()
-            assert clone.proxy.stats.requests >= 3
+            conn.close()
 
 
 def test_embedded_postgres_tcp_and_restart(tmp_path: Path) -> None:

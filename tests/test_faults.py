@@ -29,9 +29,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import faultkit as fk
-from tests.conftest import Env, SearchServer
-from tests.test_sync import POSTS
+from tests.support import faultkit as fk
+from tests.support.env import POSTS, Env, SearchServer
+
+# Every scenario here injects faults through the test proxy.
+pytestmark = pytest.mark.proxy
 
 
 @pytest.fixture

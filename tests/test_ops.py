@@ -44,7 +44,7 @@ from indexsync.search import Search, make_client
 from indexsync.settings import Settings
 from indexsync.status import IndexStatus, collect
 from indexsync.store import Store
-from tests.conftest import Env, wait_for
+from tests.support.env import Env, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -382,6 +382,7 @@ def test_readyz_reports_a_stalled_backlog_until_the_worker_drains_it(
         )
 
 
+@pytest.mark.proxy
 def test_readyz_follows_a_search_outage(env: Env, search: Search) -> None:
     proxy = env.search.proxy
     if proxy is None:
@@ -527,7 +528,7 @@ def test_the_compose_samples_sync(env: Env) -> None:
     doc = env.docs("articles")["1"]
     assert doc["title"] == "Hello, indexsync" and doc["tags"] == ["intro"]
     assert "published" not in doc
-    mapping = env.es.indices.get_mapping(index=alias).body
+    mapping = env.http.request("GET", f"/{alias}/_mapping")
     assert next(iter(mapping.values()))["mappings"]["properties"]["author"] == {"type": "keyword"}
 
 

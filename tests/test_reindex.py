@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from elasticsearch import Elasticsearch
 
-from tests.conftest import Env, wait_for
+from tests.support.env import Env, wait_for
 
 TABLE = """
 CREATE TABLE posts (
@@ -154,8 +154,8 @@ def test_a_rebuild_under_live_writes_leaves_zero_drift_and_readers_never_fail(po
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=30)
-    assert posts.es.indices.get_alias(name=alias).body.keys() == {f"{alias}-2"}
-    assert not posts.es.indices.exists(index=f"{alias}-1").body, "old index dropped"
+    assert set(posts.searcher.alias_targets(alias)) == {f"{alias}-2"}
+    assert not posts.searcher.exists(f"{alias}-1"), "old index dropped"
     code, report = verify(posts)
     assert code == 0, json.dumps(report)
     assert posts.docs("posts") == posts.expected(EXPECTED)
@@ -166,7 +166,7 @@ def test_the_rebuilt_index_gets_the_mapping_settings_back(posts: Env) -> None:
     posts.mapping("posts", {"settings": {"index": {"refresh_interval": "2s"}}})
     posts.sql("INSERT INTO posts (id, title) SELECT g, 'x' FROM generate_series(1, 10) g")
     assert posts.cli("reindex").returncode == 0
-    settings = posts.es.indices.get_settings(index=f"{alias}-2").body[f"{alias}-2"]["settings"]
+    settings = posts.http.request("GET", f"/{f'{alias}-2'}/_settings")[f"{alias}-2"]["settings"]
     assert settings["index"]["refresh_interval"] == "2s"
     assert settings["index"]["gc_deletes"] == "3600s"
     assert len(posts.docs("posts")) == 10
@@ -217,7 +217,7 @@ def test_a_killed_rebuild_never_swaps_and_resumes_on_rerun(posts: Env) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     # The alias still serves the old, complete index.
-    assert posts.es.indices.get_alias(name=alias).body.keys() == {f"{alias}-1"}
+    assert set(posts.searcher.alias_targets(alias)) == {f"{alias}-1"}
     assert set(posts.docs("posts")) == {"0"}
     (done,) = posts.sql("SELECT rows_done FROM indexsync.rebuilds")[0]
     assert 0 < done < 40001
@@ -226,7 +226,7 @@ def test_a_killed_rebuild_never_swaps_and_resumes_on_rerun(posts: Env) -> None:
     events = [json.loads(line) for line in rerun.stderr.splitlines() if line.startswith("{")]
     resumed = [e for e in events if e["event"] == "reindex.resumed"]
     assert resumed and resumed[0]["rows"] == done
-    assert posts.es.indices.get_alias(name=alias).body.keys() == {f"{alias}-2"}
+    assert set(posts.searcher.alias_targets(alias)) == {f"{alias}-2"}
     assert verify(posts)[0] == 0
 
 
@@ -238,10 +238,10 @@ def test_restart_starts_an_interrupted_rebuild_over(posts: Env) -> None:
         "VALUES (%s, %s, 1, '50', 50)",
         (alias, f"{alias}-7"),
     )
-    posts.es.indices.create(index=f"{alias}-7")
+    posts.searcher.create_index(f"{alias}-7", {})
     result = posts.cli("reindex", "--restart")
     assert result.returncode == 0, result.stderr
-    assert not posts.es.indices.exists(index=f"{alias}-7").body
+    assert not posts.searcher.exists(f"{alias}-7")
     assert len(posts.docs("posts")) == 100
 
 
@@ -251,10 +251,10 @@ def test_verify_finds_planted_drift_and_repair_fixes_exactly_that(posts: Env) ->
     posts.sync()
     assert verify(posts)[0] == 0
     versions_before = posts.versions("posts")
-    posts.es.delete(index=alias, id="3")
-    posts.es.index(index=alias, id="4", document={"id": 4, "title": "tampered"})
-    posts.es.index(index=alias, id="ghost", document={"title": "no such row"})
-    posts.es.indices.refresh(index=alias)
+    posts.http.request("DELETE", f"/{alias}/_doc/3")
+    posts.http.request("PUT", f"/{alias}/_doc/4", body={"id": 4, "title": "tampered"})
+    posts.http.request("PUT", f"/{alias}/_doc/ghost", body={"title": "no such row"})
+    posts.searcher.refresh(alias)
     code, report = verify(posts)
     assert code == 1
     (entry,) = report["indexes"]  # type: ignore[misc]
@@ -277,7 +277,7 @@ def test_repair_never_undoes_a_newer_live_write(posts: Env) -> None:
     alias = posts.alias("posts")
     posts.sql("INSERT INTO posts (id, title) VALUES (1, 'first')")
     posts.sync()
-    posts.es.index(index=alias, id="1", document={"id": 1, "title": "tampered"})
+    posts.http.request("PUT", f"/{alias}/_doc/1", body={"id": 1, "title": "tampered"})
     posts.sql("UPDATE posts SET title = 'newest' WHERE id = 1")
     code, _ = verify(posts, "--repair")
     assert code == 0
@@ -314,8 +314,8 @@ def test_keep_old_keeps_the_previous_index_and_progress_is_reported(posts: Env) 
     posts.sql("INSERT INTO posts (id, title) SELECT g, 'x' FROM generate_series(1, 300) g")
     result = posts.cli("reindex", "--keep-old", "--chunk-size", "100")
     assert result.returncode == 0, result.stderr
-    assert posts.es.indices.exists(index=f"{alias}-1").body
-    assert posts.es.indices.get_alias(name=alias).body.keys() == {f"{alias}-2"}
+    assert posts.searcher.exists(f"{alias}-1")
+    assert set(posts.searcher.alias_targets(alias)) == {f"{alias}-2"}
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     progress = [e for e in events if e["event"] == "reindex.progress"]
     assert progress and progress[-1]["rows_done"] == 300 and progress[-1]["rows_total"] == 300

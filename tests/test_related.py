@@ -9,7 +9,7 @@ import threading
 import psycopg
 import pytest
 
-from tests.conftest import Env
+from tests.support.env import Env
 
 SCHEMA = """
 CREATE TABLE authors (id integer PRIMARY KEY, name text NOT NULL);
@@ -315,7 +315,7 @@ def test_root_child_and_lookup_changes_under_concurrent_writers_leave_zero_drift
         for thread in threads:
             thread.join(timeout=30)
     try:
-        from tests.conftest import wait_for
+        from tests.support.env import wait_for
 
         wait_for(lambda: blog.sql("SELECT count(*) = 0 FROM indexsync.outbox")[0][0], timeout=60)
     finally:

@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.conftest import Env, wait_for
-
-POSTS = """
-CREATE TABLE posts (
-    id bigint PRIMARY KEY,
-    title text NOT NULL,
-    body text,
-    views integer NOT NULL DEFAULT 0,
-    tags text[],
-    meta jsonb,
-    published_at timestamptz DEFAULT '2026-01-02 03:04:05+00',
-    deleted_at timestamptz
-);
-"""
-
-EXPECTED_POSTS = "SELECT id, to_jsonb(p) FROM posts p WHERE deleted_at IS NULL"
-
-
-@contextlib.contextmanager
-def running(env: Env, **settings: str) -> Iterator[list[str]]:
-    """`indexsync run` for the block; then SIGTERM, which must end it with exit 0.
-
-    Yields a list that receives the worker's stderr once it has stopped.
-    """
-    worker = env.spawn("run", **settings)
-    log: list[str] = []
-    try:
-        yield log
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=30)
-        log.append(err)
-    assert worker.returncode == 0, err
+from tests.support.env import EXPECTED_POSTS, POSTS, Env, running, wait_for
 
 
 @pytest.fixture
@@ -316,7 +282,7 @@ def test_without_notify_the_worker_polls(env: Env) -> None:
 
 def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
     from indexsync.bulk import Op
-    from indexsync.search import Outcome, Search
+    from indexsync.search import Outcome
 
     posts.sql("INSERT INTO posts (id, title) VALUES (1, 'old')")
     posts.sync()
@@ -333,7 +299,7 @@ def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
         True,
     )
     late_delete = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, None)
-    results = Search(posts.es).bulk(late.encode() + late_delete.encode())
+    results = posts.searcher.bulk(late.encode() + late_delete.encode())
     assert [r.outcome for r in results] == [Outcome.DONE, Outcome.DONE]
     assert [r.status for r in results] == [409, 409]
     assert posts.docs("posts")["1"]["title"] == "new"
@@ -341,7 +307,6 @@ def test_a_stale_write_never_overwrites_a_newer_document(posts: Env) -> None:
 
 def test_a_deleted_document_is_not_resurrected_by_a_late_write(posts: Env) -> None:
     from indexsync.bulk import Op
-    from indexsync.search import Search
 
     posts.sql("INSERT INTO posts (id, title) VALUES (1, 'doomed')")
     posts.sync()
@@ -349,7 +314,7 @@ def test_a_deleted_document_is_not_resurrected_by_a_late_write(posts: Env) -> No
     posts.sql("DELETE FROM posts WHERE id = 1")
     posts.sync()
     late = Op(posts.alias("posts"), posts.alias("posts"), "1", old_version, '{"id": 1}', True)
-    (result,) = Search(posts.es).bulk(late.encode())
+    (result,) = posts.searcher.bulk(late.encode())
     assert result.status == 409
     assert posts.docs("posts") == {}
 
@@ -467,9 +432,7 @@ def test_install_twice_changes_nothing_the_second_time(posts: Env) -> None:
         )
         == triggers
     )
-    assert posts.es.indices.get_alias(name=posts.alias("posts")).body.keys() == {
-        posts.alias("posts") + "-1"
-    }
+    assert set(posts.searcher.alias_targets(posts.alias("posts"))) == {posts.alias("posts") + "-1"}
 
 
 def test_print_sql_is_the_ddl_that_install_applies(env: Env) -> None:

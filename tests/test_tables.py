@@ -10,8 +10,7 @@ import time
 import psycopg
 import pytest
 
-from tests.conftest import Env, wait_for
-from tests.test_sync import running
+from tests.support.env import Env, running, wait_for
 
 ORDERS = """
 CREATE TABLE orders (
@@ -248,8 +247,8 @@ def test_composite_keys_work_with_query_depends_reindex_and_verify(env: Env) -> 
     assert len(env.docs("accounts")) == 30
     assert env.cli("verify").returncode == 0
     env.sql("DELETE FROM accounts WHERE id = 5")
-    env.es.index(index=env.alias("accounts"), id="[9, 99]", document={"name": "planted"})
-    env.es.index(index=env.alias("accounts"), id="not json", document={"name": "planted"})
+    env.put_doc("accounts", "[9, 99]", {"name": "planted"})
+    env.put_doc("accounts", "not json", {"name": "planted"})
     assert env.cli("verify").returncode == 1
     repaired = env.cli("verify", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
@@ -307,6 +306,7 @@ def test_a_range_partitioned_table_keeps_rows_moving_between_partitions(env: Env
     time.sleep(0)
 
 
+@pytest.mark.proxy
 def test_install_backfills_a_big_table_lock_free_and_a_killed_backfill_resumes(env: Env) -> None:
     if env.search.proxy is None:
         pytest.skip("slowing the backfill down needs the fault proxy")

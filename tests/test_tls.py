@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import Env
+from tests.support.env import Env
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -105,7 +105,7 @@ class TlsFront:
 @pytest.fixture
 def tls(env: Env, certificates: Path) -> Iterator[TlsFront]:
     """The test's search server behind TLS."""
-    if env.search.proxy is None:
+    if env.search.upstream_url is None:
         pytest.skip("runs against the embedded search server")
     env.sql("CREATE TABLE items (id integer PRIMARY KEY, title text)")
     env.bindings(f'[indexes.{env.alias("items")}]\ntable = "items"\n')

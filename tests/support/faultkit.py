@@ -24,8 +24,7 @@ from typing import IO, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from tests.conftest import Env, wait_for
-from tests.test_sync import EXPECTED_POSTS
+from tests.support.env import EXPECTED_POSTS, Env, wait_for
 
 SEED_ENV = "INDEXSYNC_FAULT_SEED"
 REPORT_ENV = "INDEXSYNC_FAULT_REPORT"
@@ -108,8 +107,8 @@ def drift(env: Env, name: str = "posts", expected_sql: str = EXPECTED_POSTS) -> 
 def indexed(env: Env, doc_id: str, name: str = "posts") -> bool:
     """Whether one document is in the index (after a refresh)."""
     alias = env.alias(name)
-    env.es.indices.refresh(index=alias)
-    return bool(env.es.exists(index=alias, id=doc_id).body)
+    env.searcher.refresh(alias)
+    return bool(env.http.request("HEAD", f"/{alias}/_doc/{doc_id}"))
 
 
 @dataclass

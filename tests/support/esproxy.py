@@ -1,10 +1,22 @@
-"""Elasticsearch-compatibility HTTP proxy with fault injection, for tests and demos.
+"""A test-only HTTP proxy in front of osmem: it answers as a chosen engine and injects faults.
 
-The official elasticsearch-py 9.x client sends ``application/vnd.elasticsearch+json;
-compatible-with=9`` media types that osmem-server rejects with 406. ``CompatProxy``
-sits between the two, rewrites those headers and can inject the kinds of failures a
-real cluster produces (429 item rejections, 503s, resets, outages, 413s) so the sync
-worker's error handling can be exercised deterministically.
+osmem-server is an in-memory OpenSearch 3.x. In front of it, ``CompatProxy`` makes it look,
+at the HTTP level, like one of the engines indexsync supports:
+
+- ``opensearch``: everything passes through unchanged; osmem itself refuses Elasticsearch's
+  vendor media types with 406 and sends no ``X-Elastic-Product`` header, as OpenSearch does.
+- ``elasticsearch-8`` and ``elasticsearch-9``: ``GET /`` answers as that Elasticsearch
+  version, every response carries ``X-Elastic-Product: Elasticsearch`` (the header
+  elasticsearch-py's product check wants), and the REST-compatibility media types
+  (``application/vnd.elasticsearch+json; compatible-with=N``) are checked as the server
+  checks them: Elasticsearch 8.x accepts N = 7 or 8 and answers anything else with 400
+  ``media_type_header_exception`` (elasticsearch-py issues #2923 and #2927 quote that
+  answer); 9.x accepts 8 and 9 (Elasticsearch's RestCompatibleVersionHelper allows the
+  current major and the one before). Accepted types are rewritten to plain JSON upstream.
+
+It also injects the failures a real cluster produces (429 item rejections, write blocks,
+rejected credentials, 503s, resets, outages, 413s) so the worker's error handling can be
+exercised deterministically. It never ships in the package.
 """
 
 from __future__ import annotations
@@ -83,6 +95,9 @@ _ERROR_TYPES = {
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    406: "Not Acceptable",
     413: "Content Too Large",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -90,6 +105,58 @@ _REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+
+
+ENGINES = ("opensearch", "elasticsearch-8", "elasticsearch-9")
+# What each emulated Elasticsearch says on `GET /`, and the compatible-with majors it takes.
+_ES_VERSIONS = {"elasticsearch-8": ("8.19.0", (7, 8)), "elasticsearch-9": ("9.2.0", (8, 9))}
+_COMPAT_VERSION = re.compile(r"compatible-with\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def _es_info(number: str) -> bytes:
+    """The body of `GET /` as Elasticsearch writes it."""
+    return json.dumps(
+        {
+            "name": "indexsync-test",
+            "cluster_name": "indexsync-test",
+            "cluster_uuid": "AAAAAAAAAAAAAAAAAAAAAA",
+            "version": {
+                "number": number,
+                "build_flavor": "default",
+                "build_type": "docker",
+                "lucene_version": "10.3.1",
+                "minimum_wire_compatibility_version": "7.17.0",
+                "minimum_index_compatibility_version": "7.0.0",
+            },
+            "tagline": "You Know, for Search",
+        }
+    ).encode()
+
+
+def _media_type_error(header: str, value: str, accepted: tuple[int, ...]) -> _Response:
+    """Elasticsearch's answer to a compatible-with version it does not take."""
+    found = _COMPAT_VERSION.search(value)
+    versions = " or ".join(str(v) for v in reversed(accepted))
+    reason = (
+        f"{header} version must be either version {versions}, but found "
+        f"{found.group(1) if found else '?'}. {header}={value}"
+    )
+    body = {
+        "error": {
+            "root_cause": [
+                {
+                    "type": "media_type_header_exception",
+                    "reason": "Invalid media-type value on headers [Accept, Content-Type]",
+                }
+            ],
+            "type": "media_type_header_exception",
+            "reason": "Invalid media-type value on headers [Accept, Content-Type]",
+            "caused_by": {"type": "status_exception", "reason": reason},
+        },
+        "status": 400,
+    }
+    headers = [("Content-Type", "application/json")]
+    return _Response(400, "Bad Request", headers, json.dumps(body).encode())
 
 
 def _compat_mime(value: str) -> str:
@@ -144,6 +211,10 @@ class Faults:
     latency_s: float = 0.0
     bulk_item_429_rate: float = 0.0
     max_body_bytes: int | None = None
+    # Every bulk item answered with this (status, type, reason) while set.
+    bulk_item_error: tuple[int, str, str] | None = None
+    # Every _bulk request answered with this (status, type, reason) while set.
+    bulk_request_error: tuple[int, str, str] | None = None
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -206,6 +277,8 @@ class Faults:
             self.latency_s = 0.0
             self.bulk_item_429_rate = 0.0
             self.max_body_bytes = None
+            self.bulk_item_error = None
+            self.bulk_request_error = None
             self._fail_remaining = 0
             self._fail_status = 503
             self._reset_remaining = 0
@@ -240,6 +313,8 @@ class Faults:
 
     def _pick_rejections(self, n: int) -> list[bool]:
         with self._lock:
+            if self.bulk_item_error is not None:
+                return [True] * n
             rate = self.bulk_item_429_rate
             if rate <= 0:
                 return [False] * n
@@ -291,6 +366,11 @@ class _BulkItem:
 class _BulkPlan:
     items: list[_BulkItem]
     rejected: list[bool]
+    error: tuple[int, str, str] = (
+        429,
+        "es_rejected_execution_exception",
+        "rejected execution (injected by proxy)",
+    )
 
     @property
     def all_rejected(self) -> bool:
@@ -336,11 +416,8 @@ class _BulkPlan:
                         item.op: {
                             "_index": item.index,
                             "_id": item.doc_id,
-                            "status": 429,
-                            "error": {
-                                "type": "es_rejected_execution_exception",
-                                "reason": "rejected execution (injected by proxy)",
-                            },
+                            "status": self.error[0],
+                            "error": {"type": self.error[1], "reason": self.error[2]},
                         }
                     }
                 )
@@ -352,9 +429,9 @@ class _BulkPlan:
         return _Response(200, "OK", headers, body)
 
 
-def _error_response(status: int, reason: str) -> _Response:
+def _error_response(status: int, reason: str, err_type: str | None = None) -> _Response:
     """Build an Elasticsearch-style error response."""
-    err_type = _ERROR_TYPES.get(status, "proxy_injected_exception")
+    err_type = err_type or _ERROR_TYPES.get(status, "proxy_injected_exception")
     cause = {"type": err_type, "reason": reason}
     body = json.dumps({"error": {"root_cause": [cause], **cause}, "status": status}).encode()
     headers = [("Content-Type", "application/json; charset=UTF-8")]
@@ -543,12 +620,21 @@ class _UpstreamConn:
 
 
 class CompatProxy:
-    """HTTP proxy making osmem-server look like Elasticsearch 9, with fault injection."""
+    """HTTP proxy making osmem-server answer as a chosen engine, with fault injection."""
 
     def __init__(
-        self, upstream: str, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0
+        self,
+        upstream: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        seed: int = 0,
+        engine: str = "elasticsearch-9",
     ) -> None:
         """Configure the proxy; nothing listens until ``start``."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"upstream must be an http:// URL, got {upstream!r}")
@@ -754,14 +840,29 @@ class CompatProxy:
                 self.stats.outage_refusals += 1
                 raise _AbortConnection
 
+        local = self._as_engine(req)
+        if local is not None:
+            await self._send(writer, local, keep_alive, is_head)
+            return keep_alive
+
         plan: _BulkPlan | None = None
         body = req.body
-        if faults.bulk_item_429_rate > 0 and _is_bulk(req):
+        request_error = faults.bulk_request_error
+        if request_error is not None and _is_bulk(req):
+            status, err_type, reason = request_error
+            self.stats.requests_failed_503 += 1
+            resp = _error_response(status, reason, err_type)
+            await self._send(writer, resp, keep_alive, is_head)
+            return keep_alive
+        item_error = faults.bulk_item_error
+        if (faults.bulk_item_429_rate > 0 or item_error is not None) and _is_bulk(req):
             items = _parse_bulk(body, _bulk_default_index(req.path))
             if items:
                 rejected = faults._pick_rejections(len(items))
                 if any(rejected):
                     plan = _BulkPlan(items, rejected)
+                    if item_error is not None:
+                        plan.error = item_error
                     self.stats.bulk_items_rejected += rejected.count(True)
                     body = plan.forwarded_body()
 
@@ -777,6 +878,20 @@ class CompatProxy:
             raise _AbortConnection
         await self._send(writer, resp, keep_alive, is_head)
         return keep_alive
+
+    def _as_engine(self, req: _Request) -> _Response | None:
+        """The emulated engine's own answer to a request, or None to forward it."""
+        if self.engine not in _ES_VERSIONS:
+            return None
+        number, accepted = _ES_VERSIONS[self.engine]
+        for header in ("Accept", "Content-Type"):
+            value = req.header(header.lower())
+            found = _COMPAT_VERSION.search(value or "")
+            if found and int(found.group(1)) not in accepted:
+                return _media_type_error(header, value or "", accepted)
+        if req.method in ("GET", "HEAD") and req.path == "/":
+            return _Response(200, "OK", [("Content-Type", "application/json")], _es_info(number))
+        return None
 
     async def _read_body(
         self, reader: asyncio.StreamReader, req: _Request, limit: int | None
@@ -829,7 +944,7 @@ class CompatProxy:
             lower = name.lower()
             if lower in _REQUEST_DROP:
                 continue
-            if lower in ("content-type", "accept"):
+            if lower in ("content-type", "accept") and self.engine != "opensearch":
                 value = _compat_mime(value)
             lines.append(f"{name}: {value}")
         if body or req.method in ("POST", "PUT", "PATCH"):
@@ -880,9 +995,12 @@ class CompatProxy:
             if lower in _HOP_BY_HOP:
                 continue
             if lower == "x-elastic-product":
+                if self.engine == "opensearch":
+                    # osmem sends it; OpenSearch never does.
+                    continue
                 has_product = True
             lines.append(f"{name}: {value}")
-        if not has_product:
+        if not has_product and self.engine != "opensearch":
             lines.append("X-Elastic-Product: Elasticsearch")
         if head:
             # A HEAD answer describes the GET body it omits; pass upstream's length on.
