@@ -98,9 +98,9 @@ def _check_database(
                 for state in store.binding_states():
                     if state.paused_reason is not None:
                         result.problems.append(
-                            f"index {state.index_name!r} is paused: {state.paused_reason}; "
-                            "fix the table or the binding (then rerun `indexsync install` if "
-                            "you edited the bindings file): the worker resumes by itself"
+                            f"index {state.index_name!r} is paused: {state.paused_reason}. "
+                            "Fix the cause (the table, the binding and `indexsync install`, "
+                            "a grant, or the index's write block): the worker resumes by itself"
                         )
             return bindings
     finally:

@@ -36,6 +36,7 @@ RETRY_429: Final = "retry_429"  # rejected for load, retried
 RETRY_5XX: Final = "retry_5xx"  # server error, retried
 DEAD_LETTER: Final = "dead_letter"  # refused for good, recorded in indexsync.dead_letters
 REQUEUED: Final = "requeued"  # still refused after the retries, put back in the outbox
+BLOCKED: Final = "blocked"  # the index refuses writes (a block, a revoked privilege): paused
 OTHER: Final = "other"
 ERROR_TYPES: Final[tuple[str, ...]] = (
     VERSION_CONFLICT,
@@ -43,6 +44,7 @@ ERROR_TYPES: Final[tuple[str, ...]] = (
     RETRY_5XX,
     DEAD_LETTER,
     REQUEUED,
+    BLOCKED,
     OTHER,
 )
 
@@ -136,7 +138,7 @@ class Metrics:
         self.item_errors = Counter(
             "indexsync_bulk_item_errors",
             "Bulk items not simply accepted, by type: version_conflict (harmless), retry_429, "
-            "retry_5xx, dead_letter, requeued, other.",
+            "retry_5xx, dead_letter, requeued, blocked, other.",
             ["index", "type"],
             registry=r,
         )

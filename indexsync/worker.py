@@ -14,7 +14,13 @@ from indexsync import changes as batches
 from indexsync import migrations, refresh, reread, versions
 from indexsync.bindings import Binding
 from indexsync.bulk import Op, build_ops
-from indexsync.errors import DatabaseUnavailable, IndexMissing, IndexsyncError, SearchUnavailable
+from indexsync.errors import (
+    CredentialsRejected,
+    DatabaseUnavailable,
+    IndexMissing,
+    IndexsyncError,
+    SearchUnavailable,
+)
 from indexsync.health import Health
 from indexsync.logs import get_logger
 from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Metrics
@@ -59,17 +65,21 @@ _OBSERVE_EVERY = 2.0
 
 @dataclass
 class Paused:
-    """A binding that stopped its own index, and when to try it again."""
+    """An index stopped on its own, and when to try it again.
+
+    Either its binding is broken (its SQL fails), or the index refuses writes (`blocked`).
+    """
 
     reason: str
     failures: int = 0
     retry_at: float = 0.0
     recorded: bool = False
+    blocked: bool = False
 
 
 def _settled(ops: Sequence[Op], written: WriteResult) -> dict[tuple[str, str], int]:
     """Documents this batch settled (written, deleted or dead-lettered anew), by version."""
-    deferred = {(op.alias, op.doc_id) for op in written.deferred}
+    deferred = {(op.alias, op.doc_id) for op in (*written.deferred, *written.blocked)}
     return {
         (op.alias, op.doc_id): op.version for op in ops if (op.alias, op.doc_id) not in deferred
     }
@@ -114,6 +124,8 @@ class Worker:
         )
         self._recorded_seq = 0
         self._observed_at = float("-inf")
+        # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
+        self._block_failures: dict[str, int] = {}
         self._refreshed_at = float("-inf")
         self._store: Store | None = None
         self._listener: Store | None = None
@@ -226,6 +238,16 @@ class Worker:
                 delay = backoff(failures, self.settings.retry_max_delay)
                 log.warning("worker.database_unavailable", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)
+            except CredentialsRejected as exc:
+                # Keys get rotated and revoked: keep every change queued and retry, loudly
+                # (the log, /readyz and the reconnect metric all say so), instead of exiting
+                # into a supervisor's restart loop. A bad key at start still exits 2.
+                failures += 1
+                if self.metrics is not None:
+                    self.metrics.reconnect("elasticsearch")
+                delay = backoff(failures, self.settings.retry_max_delay)
+                log.error("worker.credentials_rejected", error=str(exc), retry_in=round(delay, 2))
+                self.stop.wait(delay)
             except (SearchUnavailable, StaleRead) as exc:
                 failures += 1
                 if self.metrics is not None and isinstance(exc, SearchUnavailable):
@@ -270,16 +292,24 @@ class Worker:
         with self._lock:
             return sorted(self._paused)
 
-    def _pause(self, store: Store, alias: str, reason: str) -> None:
+    def _pause(self, store: Store, alias: str, reason: str, *, blocked: bool = False) -> None:
         """Stop one index (inside the batch's transaction); the others go on."""
         with self._lock:
             state = self._paused.get(alias)
             if state is None:
-                state = self._paused[alias] = Paused(reason)
-                # The first retry is at once: a binding broken by a dropped listed column
-                # heals as soon as the bindings are resolved again.
-                state.retry_at = time.monotonic()
-                log.error("binding.paused", index=alias, reason=reason)
+                state = self._paused[alias] = Paused(reason, blocked=blocked)
+                if blocked:
+                    state.failures = self._block_failures.get(alias, 0) + 1
+                    self._block_failures[alias] = state.failures
+                    state.retry_at = time.monotonic() + backoff(
+                        state.failures, self.settings.retry_max_delay
+                    )
+                    log.warning("index.blocked", index=alias, reason=reason)
+                else:
+                    # The first retry is at once: a binding broken by a dropped listed
+                    # column heals as soon as the bindings are resolved again.
+                    state.retry_at = time.monotonic()
+                    log.error("binding.paused", index=alias, reason=reason)
             state.reason = reason
         store.set_paused(alias, reason)
         state.recorded = True
@@ -288,6 +318,14 @@ class Worker:
         now = time.monotonic()
         with self._lock:
             due = [alias for alias, p in self._paused.items() if p.retry_at <= now]
+        if not due:
+            return
+        for alias in [a for a in due if self._paused[a].blocked]:
+            # Nothing to probe: the next batch tells whether the block has lifted.
+            with self._lock:
+                state = self._paused.pop(alias)
+            log.info("index.retrying", index=alias, after_failures=state.failures)
+        due = [alias for alias in due if alias in self._paused]
         if not due:
             return
         if self._reload is not None:
@@ -402,10 +440,24 @@ class Worker:
             store.add_dead_letters(written.dead)
             # Items refused for too long go back into the outbox for a later batch.
             store.requeue({(op.alias, op.doc_id) for op in written.deferred})
+            # Items an index refuses for now (a write block, a revoked privilege) wait in the
+            # outbox too, and that index pauses: no dead letters, the other indexes go on.
+            store.requeue({(op.alias, op.doc_id) for op in written.blocked})
+            for alias, reason in written.block_reasons.items():
+                self._pause(store, alias, reason, blocked=True)
         landed_at = datetime.now(UTC)
+        blocked = set(written.block_reasons)
+        cleared: list[str] = []
         with self._lock:
             for change in changes:
-                self._succeeded[change.index_name] = landed_at
+                if change.index_name not in blocked:
+                    self._succeeded[change.index_name] = landed_at
+                    if self._block_failures.pop(change.index_name, None) is not None:
+                        cleared.append(change.index_name)
+        for alias in cleared:
+            # The block has lifted: status and /readyz stop naming it.
+            store.set_paused(alias, None)
+            log.info("index.unblocked", index=alias)
         self._account(changes, ops, written, started, read_at)
         return len(changes)
 
@@ -511,7 +563,7 @@ class Worker:
         for change in changes:
             counts.setdefault(change.index_name, BatchCounts()).changes += 1
         refused = {(d.index_name, d.doc_id) for d in written.dead}
-        refused |= {(op.alias, op.doc_id) for op in written.deferred}
+        refused |= {(op.alias, op.doc_id) for op in (*written.deferred, *written.blocked)}
         for op in ops:
             if op.index != op.alias or (op.alias, op.doc_id) in refused:
                 continue  # a rebuild's second copy, or not landed
@@ -524,6 +576,8 @@ class Worker:
             counts.setdefault(letter.index_name, BatchCounts()).add_error(DEAD_LETTER)
         for op in written.deferred:
             counts.setdefault(op.alias, BatchCounts()).add_error(REQUEUED)
+        for (alias, kind), n in written.errors.items():
+            counts.setdefault(alias, BatchCounts()).add_error(kind, n)
         indexed = sum(c.indexed for c in counts.values())
         deleted = sum(c.deleted for c in counts.values())
         now = time.monotonic()

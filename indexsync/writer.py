@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -11,13 +13,13 @@ from indexsync.bulk import Op, chunk_bodies
 from indexsync.errors import IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
 from indexsync.rows import DeadLetter
-from indexsync.search import ItemResult, Outcome, RequestTooLarge, Search
+from indexsync.search import CircuitBroken, ItemResult, Outcome, RequestTooLarge, Search
 from indexsync.settings import Settings
 
 log = get_logger(__name__)
 
 # Per-item 429s are retried inside the batch a few times; after that the caller rolls back
-# so that no transaction stays open while Elasticsearch recovers.
+# so that no transaction stays open while the search server recovers.
 ITEM_RETRIES = 4
 # Items per bulk request. Measured with `make bench`: on the in-memory server 1000-item
 # requests go ~1.8x faster than 250-item ones, so parallelism comes from several full
@@ -41,8 +43,14 @@ class WriteResult:
 
     dead: list[DeadLetter] = field(default_factory=list)
     deferred: list[Op] = field(default_factory=list)
+    # Items the index refused to take for now (a write block, a missing privilege), with
+    # the reason per alias: their index pauses, and they wait in the outbox.
+    blocked: list[Op] = field(default_factory=list)
+    block_reasons: dict[str, str] = field(default_factory=dict)
     conflicts: int = 0
     retried: int = 0
+    # (alias, metrics type) -> items, for indexsync_bulk_item_errors_total.
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class BulkWriter:
@@ -56,6 +64,9 @@ class BulkWriter:
         self.max_bytes = max_bytes
         self.max_read_age = max_read_age
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bulk")
+        # Every request holds a slot while in flight, whichever thread sends it (the pool, or
+        # a worker lane sending its one-request batch itself): `concurrency` is a true bound.
+        self._slots = threading.BoundedSemaphore(concurrency)
 
     @classmethod
     def from_settings(cls, search: Search, settings: Settings) -> BulkWriter:
@@ -92,8 +103,17 @@ class BulkWriter:
                 if item.outcome is Outcome.DONE:
                     if item.status == 409:
                         result.conflicts += 1
+                        result.errors[(op.alias, "version_conflict")] += 1
                 elif item.outcome is Outcome.RETRY:
                     retry.append(op)
+                    kind = "retry_429" if item.status == 429 else "retry_5xx"
+                    result.errors[(op.alias, kind)] += 1
+                elif item.outcome is Outcome.BLOCKED:
+                    result.blocked.append(op)
+                    result.errors[(op.alias, "blocked")] += 1
+                    result.block_reasons.setdefault(
+                        op.alias, f"{op.index} refuses writes: {item.error_type} {item.reason}"
+                    )
                 elif item.outcome is Outcome.DEAD:
                     if (op.alias, op.doc_id) not in dead:
                         log.warning(
@@ -110,8 +130,8 @@ class BulkWriter:
                     )  # fmt: skip
                 else:
                     raise IndexMissing(
-                        f"index {op.index!r} (of alias {op.alias!r}) does not exist in "
-                        "Elasticsearch; run `indexsync install` or `indexsync reindex`"
+                        f"index {op.index!r} (of alias {op.alias!r}) does not exist on the "
+                        "search server; run `indexsync install` or `indexsync reindex`"
                     )
             pending = retry
             if pending:
@@ -128,6 +148,9 @@ class BulkWriter:
                 log.info("batch.retry_items", items=len(pending), retry_in=round(delay, 3))
                 time.sleep(delay)
         result.dead = list(dead.values())
+        if result.blocked and not defer:
+            # A rebuild or a repair cannot leave items behind: it stops, and its rerun resumes.
+            raise SearchUnavailable("; ".join(sorted(set(result.block_reasons.values()))))
         return result
 
     def _bulk(self, ops: list[Op]) -> list[tuple[Op, ItemResult]]:
@@ -142,7 +165,18 @@ class BulkWriter:
 
     def _send_chunk(self, ops: list[Op], body: bytes) -> list[tuple[Op, ItemResult]]:
         try:
-            items = self.search.bulk(body)
+            with self._slots:
+                items = self.search.bulk(body)
+        except CircuitBroken as exc:
+            # The server ran short of memory for this request: halves may pass.
+            if len(ops) == 1:
+                item = ItemResult(Outcome.RETRY, 429, "circuit_breaking_exception", str(exc))
+                return [(ops[0], item)]
+            half = len(ops) // 2
+            return [
+                *self._send_chunk(ops[:half], b"".join(op.encode() for op in ops[:half])),
+                *self._send_chunk(ops[half:], b"".join(op.encode() for op in ops[half:])),
+            ]
         except RequestTooLarge:
             if len(ops) == 1:
                 reason = f"bulk body of {len(body)} bytes is larger than the server accepts"

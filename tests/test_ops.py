@@ -40,7 +40,7 @@ from indexsync.metrics import (
 )
 from indexsync.monitor import Monitor
 from indexsync.poller import StatusPoller
-from indexsync.search import Search, make_client
+from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.status import IndexStatus, collect
 from indexsync.store import Store
@@ -342,7 +342,7 @@ def _connector(env: Env) -> Callable[[], Store]:
 
 @pytest.fixture
 def search(env: Env) -> Iterator[Search]:
-    client = Search(make_client(env.settings()))
+    client = Search.connect(env.settings())
     try:
         yield client
     finally:
