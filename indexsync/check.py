@@ -14,7 +14,7 @@ from typing import Any
 from indexsync import capture, migrations
 from indexsync.bindings import Binding, BindingsFile
 from indexsync.catalog import resolve
-from indexsync.errors import DatabaseUnavailable, IndexsyncError
+from indexsync.errors import ConfigError, DatabaseUnavailable, IndexsyncError
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
@@ -28,11 +28,21 @@ class CheckResult:
     checked: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # A problem in the configuration itself (the bindings or the settings) rather than in
+    # the state of a server: the exit code says so.
+    config_error: bool = False
 
     @property
     def ok(self) -> bool:
         """Whether nothing is wrong."""
         return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        """0 when all is well, 2 for a configuration error, 1 for any other problem."""
+        if self.config_error:
+            return 2
+        return 0 if self.ok else 1
 
 
 def check(
@@ -77,6 +87,7 @@ def _check_database(
                 bindings = resolve(store, spec, settings.config)
             except IndexsyncError as exc:
                 result.problems.append(str(exc))
+                result.config_error = isinstance(exc, ConfigError)
                 result.skipped.append("capture triggers: a binding does not resolve")
                 return None
             result.checked.append("tables, keys, columns and conditions exist in PostgreSQL")

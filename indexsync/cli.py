@@ -165,7 +165,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"skipped {line}")
     for line in result.problems:
         print(f"FAILED  {line}")
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def cmd_uninstall(settings: Settings, args: argparse.Namespace) -> int:

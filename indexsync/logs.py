@@ -69,8 +69,9 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # The transport logs every request at INFO; that is noise at our default level.
-    logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, root.level))
+    # Both clients log every request at INFO; that is noise at our default level.
+    for name in ("elastic_transport", "opensearch", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> Any:

@@ -106,7 +106,7 @@ def test_a_mapping_the_server_rejects_is_refused_and_nothing_is_left(items: Env)
 
 
 def test_an_alias_that_collides_with_a_physical_index_is_refused(items: Env) -> None:
-    items.searcher.create_index(items.alias("items", {}))
+    items.searcher.create_index(items.alias("items"), {})
     items.bindings(f'[indexes.{items.alias("items")}]\ntable = "items"\n')
     result = items.cli("install")
     assert result.returncode == 2
@@ -136,7 +136,7 @@ def test_an_unreachable_search_server_fails_fast_without_leaking_secrets(items: 
         INDEXSYNC_ELASTICSEARCH_PASSWORD="es-pass-secret",
     )
     assert result.returncode == 2
-    assert "cannot reach Elasticsearch" in result.stderr
+    assert "cannot reach the search server" in result.stderr
     assert "es-pass-secret" not in result.stderr + result.stdout
     assert items.sql("SELECT to_regnamespace('indexsync')") == [(None,)]
 

@@ -10,8 +10,8 @@ import time
 
 import psycopg
 import pytest
-from elasticsearch import Elasticsearch
 
+from indexsync import clients
 from tests.support.env import Env, wait_for
 
 TABLE = """
@@ -105,8 +105,9 @@ class _Rollback(Exception):
 class Readers:
     """Clients querying the alias all along; every query must get an answer."""
 
-    def __init__(self, url: str, alias: str) -> None:
-        self.client = Elasticsearch(url)
+    def __init__(self, env: Env, alias: str) -> None:
+        # A client of its own, as readers of the index would have: the engine's official one.
+        self.client = clients.connect(env.settings(), env.engine())
         self.alias = alias
         self.stop = threading.Event()
         self.answers = 0
@@ -125,7 +126,9 @@ class Readers:
     def _loop(self) -> None:
         while not self.stop.is_set():
             try:
-                self.client.search(index=self.alias, query={"match_all": {}}, size=1)
+                self.client.request(
+                    "POST", f"/{self.alias}/_search", body={"query": {"match_all": {}}, "size": 1}
+                )
                 self.answers += 1
             except Exception as exc:
                 self.failures.append(repr(exc))
@@ -144,7 +147,7 @@ def test_a_rebuild_under_live_writes_leaves_zero_drift_and_readers_never_fail(po
     worker = posts.spawn("run")
     try:
         wait_for(lambda: len(posts.docs("posts")) >= 2900, timeout=60)
-        with Readers(posts.search.url, alias) as readers, Writers(posts.database_url, seed=7):
+        with Readers(posts, alias) as readers, Writers(posts.database_url, seed=7):
             result = posts.cli("reindex", "--chunk-size", "200", timeout=180)
             assert result.returncode == 0, result.stderr
             assert f"into {alias}-2, alias swapped" in result.stdout
