@@ -125,11 +125,22 @@ def _check_search(search: Search, aliases: list[str], result: CheckResult) -> No
         result.problems.append(f"search server: {exc}")
         result.skipped.append("index aliases: the search server is unreachable")
         return
+    engine = search.engine
+    how = "detected from GET /" if engine.detected else "named by INDEXSYNC_ENGINE"
     version = info.get("version", {}) if isinstance(info, dict) else {}
     result.checked.append(
-        f"search server answers ({version.get('distribution', 'elasticsearch')} "
-        f"{version.get('number', '?')})"
+        f"search server answers: {engine.label} ({how}; "
+        f"{version.get('distribution', 'elasticsearch')} {version.get('number', '?')})"
     )
+    result.checked.append(f"client: {engine.client}")
+    if engine.serverless:
+        result.problems.append(
+            "Amazon OpenSearch Serverless: indexsync needs versioned bulk writes "
+            "(version_type=external_gte), custom document ids, the _refresh API and scrolls; "
+            "Serverless allows custom ids only in search collections and does not document "
+            "the others as supported, so indexsync does not support Serverless collections "
+            "yet. Use an Amazon OpenSearch Service domain (INDEXSYNC_AWS_SIGV4=es)."
+        )
     for alias in aliases:
         targets = search.alias_targets(alias)
         if not targets:

@@ -192,6 +192,9 @@ class Stats:
     too_large: int = 0
     # Upstream unreachable or broken; the client got a 502.
     upstream_errors: int = 0
+    # _bulk requests being answered right now, and the most there ever were at once.
+    bulk_in_flight: int = 0
+    bulk_in_flight_max: int = 0
 
     def reset(self) -> None:
         """Zero all counters."""
@@ -213,8 +216,12 @@ class Faults:
     max_body_bytes: int | None = None
     # Every bulk item answered with this (status, type, reason) while set.
     bulk_item_error: tuple[int, str, str] | None = None
-    # Every _bulk request answered with this (status, type, reason) while set.
+    # Only the items of this index get `bulk_item_error` (None: every item).
+    block_only_index: str | None = None
+    # Every _bulk request answered with this (status, type, reason) while set...
     bulk_request_error: tuple[int, str, str] | None = None
+    # ... or only those with more items than this, as a memory circuit breaker would.
+    bulk_request_error_max_items: int | None = None
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
@@ -278,7 +285,9 @@ class Faults:
             self.bulk_item_429_rate = 0.0
             self.max_body_bytes = None
             self.bulk_item_error = None
+            self.block_only_index = None
             self.bulk_request_error = None
+            self.bulk_request_error_max_items = None
             self._fail_remaining = 0
             self._fail_status = 503
             self._reset_remaining = 0
@@ -311,10 +320,12 @@ class Faults:
             self._reset_remaining -= 1
             return True
 
-    def _pick_rejections(self, n: int) -> list[bool]:
+    def _pick_rejections(self, items: list[_BulkItem]) -> list[bool]:
+        n = len(items)
         with self._lock:
             if self.bulk_item_error is not None:
-                return [True] * n
+                only = self.block_only_index
+                return [only is None or item.index == only for item in items]
             rate = self.bulk_item_429_rate
             if rate <= 0:
                 return [False] * n
@@ -811,6 +822,21 @@ class CompatProxy:
             raise
         req = _parse_request_head(head)
         self.stats.requests += 1
+        if not _is_bulk(req):
+            return await self._serve_request(reader, writer, req)
+        self.stats.bulk_in_flight += 1
+        self.stats.bulk_in_flight_max = max(
+            self.stats.bulk_in_flight_max, self.stats.bulk_in_flight
+        )
+        try:
+            return await self._serve_request(reader, writer, req)
+        finally:
+            self.stats.bulk_in_flight -= 1
+
+    async def _serve_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: _Request
+    ) -> bool:
+        """Answer one parsed request; return whether the connection stays open."""
         faults = self.faults
         if faults.in_outage():
             self.stats.outage_refusals += 1
@@ -848,6 +874,11 @@ class CompatProxy:
         plan: _BulkPlan | None = None
         body = req.body
         request_error = faults.bulk_request_error
+        limit = faults.bulk_request_error_max_items
+        if request_error is not None and limit is not None and _is_bulk(req):
+            parsed = _parse_bulk(body, _bulk_default_index(req.path)) or []
+            if len(parsed) <= limit:
+                request_error = None
         if request_error is not None and _is_bulk(req):
             status, err_type, reason = request_error
             self.stats.requests_failed_503 += 1
@@ -858,7 +889,7 @@ class CompatProxy:
         if (faults.bulk_item_429_rate > 0 or item_error is not None) and _is_bulk(req):
             items = _parse_bulk(body, _bulk_default_index(req.path))
             if items:
-                rejected = faults._pick_rejections(len(items))
+                rejected = faults._pick_rejections(items)
                 if any(rejected):
                     plan = _BulkPlan(items, rejected)
                     if item_error is not None:
@@ -873,6 +904,7 @@ class CompatProxy:
             resp = await self._forward(req, body)
             if plan is not None:
                 resp = plan.merge(resp)
+
         if reset:
             self.stats.resets_after_forward += 1
             raise _AbortConnection
