@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check indexsync tests bench
-	$(BIN)/ruff format --check indexsync tests bench
+	$(BIN)/ruff check indexsync tests bench demo
+	$(BIN)/ruff format --check indexsync tests bench demo
 	$(BIN)/mypy
 
 test: $(STAMP)
@@ -43,7 +43,7 @@ profile: $(PROFILE_STAMP)
 	$(BIN)/python -m bench.profile
 
 demo: $(STAMP)
-	$(BIN)/python -m indexsync.demo
+	$(BIN)/python -m demo
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,8 @@
-"""`make demo`: the whole product on an embedded PostgreSQL and the in-memory search server."""
+"""`make demo`: the whole product on an embedded PostgreSQL and the in-memory search server.
+
+Not part of the package: it is run from a clone, with the repository's sample bindings and
+mapping.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from elasticsearch import Elasticsearch
 
 from indexsync.embedded import EmbeddedPostgres, EmbeddedSearch
+from indexsync.search import Search
+from indexsync.settings import Settings
 
 WORKDIR = Path(".demo")
 
@@ -33,8 +38,8 @@ CREATE TABLE articles (
 """
 
 # The demo uses the repository's own sample bindings and mapping.
-BINDINGS = Path("indexsync.example.toml").read_text(encoding="utf-8")
-MAPPING = Path("mappings/articles.json").read_text(encoding="utf-8")
+BINDINGS_FILE = Path("indexsync.example.toml")
+MAPPING_FILE = Path("mappings/articles.json")
 
 
 def say(text: str) -> None:
@@ -42,10 +47,17 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def show(es: Elasticsearch) -> dict[str, Any]:
+def _hits(es: Search, body: dict[str, Any]) -> list[dict[str, Any]]:
+    es.refresh("articles")
+    found: list[dict[str, Any]] = es.rest.request("POST", "/articles/_search", body=body)["hits"][
+        "hits"
+    ]
+    return found
+
+
+def show(es: Search) -> dict[str, Any]:
     """Print the documents behind the alias."""
-    es.indices.refresh(index="articles")
-    hits = es.search(index="articles", sort=["_doc"], size=100, version=True).body["hits"]["hits"]
+    hits = _hits(es, {"sort": ["_doc"], "size": 100, "version": True})
     if not hits:
         print("   (the index is empty)")
     for hit in sorted(hits, key=lambda h: int(h["_id"])):
@@ -69,20 +81,22 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 20) -> Non
     raise SystemExit(f"demo failed: {what} did not happen within {timeout}s")
 
 
-def ids(es: Elasticsearch) -> set[str]:
+def ids(es: Search) -> set[str]:
     """Ids behind the alias right now."""
-    es.indices.refresh(index="articles")
-    hits = es.search(index="articles", size=100, source=False).body["hits"]["hits"]
-    return {hit["_id"] for hit in hits}
+    return {hit["_id"] for hit in _hits(es, {"size": 100, "_source": False})}
 
 
 def main() -> int:
     """Run the demo; exits by itself."""
+    if not BINDINGS_FILE.exists() or not MAPPING_FILE.exists():
+        raise SystemExit("run the demo from the repository's root: make demo")
+    bindings = BINDINGS_FILE.read_text(encoding="utf-8")
+    mapping = MAPPING_FILE.read_text(encoding="utf-8")
     if WORKDIR.exists():
         shutil.rmtree(WORKDIR)
     (WORKDIR / "mappings").mkdir(parents=True)
-    (WORKDIR / "indexsync.toml").write_text(BINDINGS)
-    (WORKDIR / "mappings" / "articles.json").write_text(MAPPING)
+    (WORKDIR / "indexsync.toml").write_text(bindings)
+    (WORKDIR / "mappings" / "articles.json").write_text(mapping)
 
     say("Starting an embedded PostgreSQL and the in-memory search server")
     with EmbeddedPostgres(WORKDIR / "pgdata") as pg, EmbeddedSearch() as search:
@@ -111,7 +125,7 @@ def main() -> int:
                 "INSERT INTO articles (title, body, author, tags) VALUES "
                 "('Hello PostgreSQL', 'Rows are the truth.', 'ada', '{postgres}')"
             )
-        print("   " + BINDINGS.strip().replace("\n", "\n   "))
+        print("   " + bindings.strip().replace("\n", "\n   "))
 
         say("Install: schema, triggers, index articles-1 behind alias articles")
         run("install")
@@ -120,7 +134,7 @@ def main() -> int:
         say("Starting the worker in the background (logs in .demo/worker.log)")
         log_file = (WORKDIR / "worker.log").open("w")
         worker = subprocess.Popen([*cli, "run"], env=env, stderr=log_file, stdout=log_file)
-        es = Elasticsearch(search.url)
+        es = Search.connect(Settings(elasticsearch_url=[search.url]))
         try:
             wait_until("the existing row was backfilled", lambda: ids(es) == {"1"})
             show(es)
@@ -170,10 +184,7 @@ def main() -> int:
             show(es)
 
             say("Search the alias: full-text query for 'drifts'")
-            es.indices.refresh(index="articles")
-            hits = es.search(index="articles", query={"match": {"title": "drifts"}}).body["hits"][
-                "hits"
-            ]
+            hits = _hits(es, {"query": {"match": {"title": "drifts"}}})
             for hit in hits:
                 print(f"   hit _id={hit['_id']} {hit['_source']['title']!r}")
             if not hits:
@@ -199,10 +210,9 @@ def main() -> int:
     return 0 if code == 0 else 1
 
 
-def show_quiet(es: Elasticsearch) -> dict[str, Any]:
+def show_quiet(es: Search) -> dict[str, Any]:
     """The documents behind the alias, without printing."""
-    es.indices.refresh(index="articles")
-    hits = es.search(index="articles", size=100).body["hits"]["hits"]
+    hits = _hits(es, {"size": 100})
     return {hit["_id"]: hit["_source"] for hit in hits}
 
 
