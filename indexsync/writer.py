@@ -8,12 +8,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from indexsync.bulk import Op, chunk_bodies
 from indexsync.errors import IndexMissing, IndexsyncError, SearchUnavailable
 from indexsync.logs import get_logger
 from indexsync.rows import DeadLetter
-from indexsync.search import CircuitBroken, ItemResult, Outcome, RequestTooLarge, Search
+from indexsync.search import CircuitBroken, ItemResult, Outcome, RequestTooLarge
 from indexsync.settings import Settings
 
 log = get_logger(__name__)
@@ -53,11 +54,18 @@ class WriteResult:
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
+class BulkTarget(Protocol):
+    """What the writer needs of the search adapter: one bulk request, every item classified."""
+
+    def bulk(self, body: bytes) -> list[ItemResult]:
+        """Send one NDJSON body; one result per item, in order."""
+
+
 class BulkWriter:
     """Sends versioned items until each is done, dead, or the server is declared unavailable."""
 
     def __init__(
-        self, search: Search, *, concurrency: int, max_bytes: int, max_read_age: float
+        self, search: BulkTarget, *, concurrency: int, max_bytes: int, max_read_age: float
     ) -> None:
         self.search = search
         self.concurrency = concurrency
@@ -69,7 +77,7 @@ class BulkWriter:
         self._slots = threading.BoundedSemaphore(concurrency)
 
     @classmethod
-    def from_settings(cls, search: Search, settings: Settings) -> BulkWriter:
+    def from_settings(cls, search: BulkTarget, settings: Settings) -> BulkWriter:
         """A writer tuned by the user's settings."""
         return cls(
             search,

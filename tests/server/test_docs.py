@@ -6,7 +6,7 @@ from pathlib import Path
 
 from indexsync.settings import settings_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_readme_settings_table_matches_the_settings_class() -> None:

@@ -46,7 +46,7 @@ from indexsync.status import IndexStatus, collect
 from indexsync.store import Store
 from tests.support.env import Env, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 
 # --- helpers -------------------------------------------------------------------------------
