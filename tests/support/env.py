@@ -238,7 +238,18 @@ def running(env: Env, **settings: str) -> Iterator[list[str]]:
     """
     worker = env.spawn("run", **settings)
     log: list[str] = []
+
+    def started() -> bool:
+        # Its first session means its signal handlers are in place: a SIGTERM sent before
+        # that would kill it mid-import, which is not what a test means to check.
+        sessions = env.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'indexsync:worker'"
+        )[0][0]
+        return worker.poll() is not None or sessions > 0
+
     try:
+        wait_for(started, what="the worker's first session")
         yield log
     finally:
         worker.send_signal(signal.SIGTERM)
