@@ -9,11 +9,11 @@ from indexsync.settings import settings_table
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_readme_settings_table_matches_the_settings_class() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_settings_table_matches_the_settings_class() -> None:
+    readme = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     start = readme.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->")
     end = readme.index("<!-- settings-table:end -->")
     assert readme[start:end].strip() == settings_table(), (
-        "README settings table is stale; regenerate it with "
+        "the settings table of docs/configuration.md is stale; regenerate it with "
         "python -c 'from indexsync.settings import settings_table; print(settings_table())'"
     )
