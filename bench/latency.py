@@ -129,7 +129,7 @@ class _FloorPath:
     def __init__(self, ws: Workspace) -> None:
         # The same index as the worker's; `uninstall` takes the triggers and leaves it.
         ws.install(notify=False)
-        ws.cli("uninstall")
+        ws.cli("uninstall", "--yes")
         self.query = sql.SQL(_INSERT_RETURNING_DOC).format(table=sql.Identifier(ws.table))
         self._alias = ws.alias
         self._es = ws.servers.search_client()

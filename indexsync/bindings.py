@@ -124,8 +124,15 @@ def load_bindings(path: Path) -> BindingsFile:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        folder = path.resolve().parent
+        hint = (
+            f"; start from the example: cp {folder / 'indexsync.example.toml'} {path}"
+            if (folder / "indexsync.example.toml").exists()
+            else "; indexsync.example.toml in the repository shows the format"
+        )
         raise ConfigError(
-            f"{path}: bindings file not found (set INDEXSYNC_CONFIG to its path)"
+            f"{path}: bindings file not found in {folder} (set INDEXSYNC_CONFIG or pass "
+            f"--config){hint}"
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read bindings file: {exc.strerror}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
+
+from pydantic import SecretStr
 
 from indexsync import __version__, logs, migrations, verify
 from indexsync.bindings import Binding, BindingsFile, load_bindings, load_mapping
@@ -21,7 +24,7 @@ from indexsync.install import install, print_sql, uninstall
 from indexsync.monitor import Monitor
 from indexsync.reindex import run_reindex
 from indexsync.search import Search
-from indexsync.settings import Settings, load_settings
+from indexsync.settings import Settings, env_name, load_settings, unknown_variables
 from indexsync.status import collect, render_table
 from indexsync.store import Store
 from indexsync.worker import Worker
@@ -170,6 +173,17 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_uninstall(settings: Settings, args: argparse.Namespace) -> int:
     """Remove triggers and the indexsync schema."""
+    if not args.yes:
+        warning = (
+            "uninstall drops the triggers and the indexsync schema, with every pending "
+            "change and dead letter in it (the indexes stay)"
+        )
+        if not sys.stdin.isatty():
+            raise ConfigError(f"{warning}; pass --yes to confirm when not at a terminal")
+        answer = input(f"{warning}. Type 'yes' to go on: ")
+        if answer.strip().lower() != "yes":
+            print("nothing removed")
+            return 1
     dropped = uninstall(settings)
     print(f"removed {len(dropped)} trigger(s) and the indexsync schema; indexes were left alone")
     return 0
@@ -214,6 +228,29 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
             )
         if not rows:
             print("no dead letters")
+    return 0
+
+
+def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the effective settings, secrets masked."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            shown = "*** (set)"
+        elif isinstance(value, list):
+            shown = ",".join(logs.redact(str(v)) for v in value)
+        else:
+            shown = "" if value is None else logs.redact(str(value))
+        default = field.default
+        origin = "default" if value == default else "set"
+        rows.append((env_name(name), shown, origin))
+    if args.json:
+        print(json.dumps({n: {"value": v, "origin": o} for n, v, o in rows}, indent=2))
+    else:
+        width = max(len(n) for n, _, _ in rows)
+        for name, shown, origin in rows:
+            print(f"{name.ljust(width)}  {shown or '-'}  ({origin})")
     return 0
 
 
@@ -334,9 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"indexsync {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="log at debug level and show tracebacks"
+    # Global options work before or after the command: each subcommand takes them too, and
+    # SUPPRESS keeps a subcommand that did not see them from resetting the main parser's.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log at debug level and show tracebacks",
     )
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the bindings file (default: INDEXSYNC_CONFIG, else indexsync.toml)",
+    )
+    for action in common._actions:
+        parser._add_action(action)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help_: str, example: str) -> argparse.ArgumentParser:
@@ -346,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=help_,
             epilog=f"example:\n  {example}\n\n{EPILOG}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
         )
         p.set_defaults(func=func)
         return p
@@ -405,12 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
         "Validate configuration, database objects and indexes; change nothing.",
         "indexsync check",
     )
-    add(
+    p = add(
         "uninstall",
         cmd_uninstall,
-        "Remove the triggers and the indexsync schema; keep the indexes.",
-        "indexsync uninstall",
+        "Remove the triggers and the indexsync schema, with pending changes and dead "
+        "letters; keep the indexes. Asks first, unless --yes.",
+        "indexsync uninstall --yes",
     )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p = add(
+        "settings",
+        cmd_settings,
+        "Print the effective settings, from the environment and .env, secrets masked.",
+        "indexsync settings",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add(
         "deadletters",
         cmd_deadletters,
@@ -429,16 +490,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `indexsync` script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    overrides: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        overrides["config"] = args.config
     try:
         try:
-            settings = load_settings()
+            settings = load_settings(**overrides)
         except IndexsyncError:
             logs.configure(None, "info")
             raise
-        logs.configure(settings.log_format, "debug" if args.debug else settings.log_level)
+        logs.configure(settings.log_format, "debug" if debug else settings.log_level)
+        for name, closest in unknown_variables(os.environ):
+            log.warning(
+                "settings.unknown_variable",
+                variable=name,
+                did_you_mean=closest,
+                hint="indexsync ignores it",
+            )
         return int(args.func(settings, args))
     except IndexsyncError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"indexsync: error: {logs.redact(str(exc))}", file=sys.stderr)
         return exc.exit_code

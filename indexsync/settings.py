@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -165,6 +167,27 @@ class Settings(BaseSettings):
         description="Seconds between the checks behind `/readyz` and the backlog metrics.",
     )
 
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        # INFO, Info and info are the same level to a human.
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        text = value.get_secret_value().strip()
+        scheme, sep, _ = text.partition("://")
+        if sep and scheme.lower() not in ("postgresql", "postgres"):
+            # Never echo the URL: it may carry a password.
+            raise ValueError(
+                f"the URL scheme {scheme!r} is not PostgreSQL; indexsync reads from "
+                "PostgreSQL only: use postgresql://user:password@host:5432/dbname"
+            )
+        return value
+
     @field_validator("elasticsearch_url", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
@@ -208,6 +231,24 @@ class Settings(BaseSettings):
 def env_name(field: str) -> str:
     """The environment variable that sets a field."""
     return PREFIX + field.upper()
+
+
+def unknown_variables(
+    environ: Mapping[str, str], env_file: Path | None = Path(".env")
+) -> list[tuple[str, str | None]]:
+    """`INDEXSYNC_*` names that no setting reads, each with the closest known name."""
+    known = {env_name(name) for name in Settings.model_fields}
+    known |= {"INDEXSYNC_TEST_DATABASE_URL", "INDEXSYNC_TEST_ELASTICSEARCH_URL"}
+    names = {name for name in environ if name.startswith(PREFIX)}
+    if env_file is not None and env_file.is_file():
+        for line in env_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = line.split("=", 1)[0].strip().removeprefix("export ").strip()
+            if name.startswith(PREFIX):
+                names.add(name)
+    return [
+        (name, next(iter(difflib.get_close_matches(name, sorted(known), n=1)), None))
+        for name in sorted(names - known)
+    ]
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from indexsync.store import Store
@@ -33,12 +33,23 @@ class IndexStatus:
         """Whether nothing is wrong with this index."""
         return not self.problems
 
-    def judge(self, stall_seconds: float) -> None:
-        """Record what makes this index unhealthy."""
+    def judge(self, stall_seconds: float, now: datetime | None = None) -> None:
+        """Record what makes this index unhealthy.
+
+        A backlog is a stall only when nothing of it has landed for `stall_seconds`: a large
+        backlog drained at full speed has old changes, and is healthy.
+        """
+        now = now or datetime.now(UTC)
+        recent = (
+            self.last_success_at is not None
+            and (now - self.last_success_at).total_seconds() <= stall_seconds
+        )
         if self.paused_reason is not None:
             self.problems.append(f"paused: {self.paused_reason}")
         elif (
-            self.oldest_pending_seconds is not None and self.oldest_pending_seconds > stall_seconds
+            self.oldest_pending_seconds is not None
+            and self.oldest_pending_seconds > stall_seconds
+            and not recent
         ):
             self.problems.append(
                 f"oldest pending change is {self.oldest_pending_seconds:.0f}s old "

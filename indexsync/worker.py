@@ -38,6 +38,8 @@ _WAIT_SLICE = 0.25
 # How often the index learns the sequence's high-water mark (see versions.py), and the
 # database when each index last had a batch land (for `status`).
 _RECORD_EVERY = 5.0
+# When each index last had a batch land is written at most this often, from the batch.
+_PROGRESS_EVERY = 1.0
 
 
 @dataclass
@@ -124,6 +126,7 @@ class Worker:
         )
         self._recorded_seq = 0
         self._observed_at = float("-inf")
+        self._progress_at = time.monotonic()
         # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
         self._block_failures: dict[str, int] = {}
         self._refreshed_at = float("-inf")
@@ -188,15 +191,20 @@ class Worker:
         if self._store is None or (not force and now - self._recorded_at < _RECORD_EVERY):
             return
         self._recorded_at = now
-        with self._lock:
-            succeeded, self._succeeded = self._succeeded, {}
-        self._store.record_progress(succeeded)
+        self._flush_progress(self._store)
         seq = self._store.last_seq()
         if seq <= self._recorded_seq:
             return
         for alias in self.bindings:
             versions.record_max_seq(self.search, alias, seq)
         self._recorded_seq = seq
+
+    def _flush_progress(self, store: Store) -> None:
+        """Write when each index last had a batch land (for `status`)."""
+        with self._lock:
+            succeeded, self._succeeded = self._succeeded, {}
+            self._progress_at = time.monotonic()
+        store.record_progress(succeeded)
 
     def run(self, *, until_idle: bool = False) -> Totals:
         """Sync until stopped (or, with until_idle, until nothing is left to claim)."""
@@ -458,6 +466,9 @@ class Worker:
             # The block has lifted: status and /readyz stop naming it.
             store.set_paused(alias, None)
             log.info("index.unblocked", index=alias)
+        if time.monotonic() - self._progress_at >= _PROGRESS_EVERY:
+            # From the batch, not only between drains: a long drain shows its progress.
+            self._flush_progress(store)
         self._account(changes, ops, written, started, read_at)
         return len(changes)
 

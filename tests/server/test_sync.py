@@ -461,7 +461,7 @@ def test_check_passes_after_install(posts: Env) -> None:
 def test_uninstall_removes_triggers_and_schema_but_keeps_the_index(posts: Env) -> None:
     posts.sql("INSERT INTO posts (id, title) VALUES (1, 'kept')")
     posts.sync()
-    result = posts.cli("uninstall")
+    result = posts.cli("uninstall", "--yes")
     assert result.returncode == 0, result.stderr
     assert posts.sql("SELECT to_regnamespace('indexsync')") == [(None,)]
     assert posts.sql("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'indexsync%'") == [(0,)]
