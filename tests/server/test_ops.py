@@ -478,20 +478,30 @@ def _settings_variables() -> set[str]:
     return names
 
 
-def test_compose_runs_postgres_17_and_elasticsearch_9_with_healthchecks() -> None:
+def test_compose_has_a_profile_per_engine_with_healthchecks() -> None:
     services = _compose()["services"]
-    postgres, elastic = services["postgres"], services["elasticsearch"]
+    postgres = services["postgres"]
     assert postgres["image"] == "postgres:17" or postgres["image"].startswith("postgres:17.")
-    assert re.fullmatch(
-        r"docker\.elastic\.co/elasticsearch/elasticsearch:9\.\d+\.\d+", elastic["image"]
-    )
-    assert elastic["environment"]["discovery.type"] == "single-node"
-    for service in (postgres, elastic):
+    # The host's own PostgreSQL keeps port 5432.
+    assert not any(port.endswith(":5432:5432") for port in postgres["ports"])
+    assert postgres["healthcheck"]["test"]
+    engines = {
+        "elasticsearch": ("es9", r"docker\.elastic\.co/elasticsearch/elasticsearch:9\.\d+\.\d+"),
+        "elasticsearch8": ("es8", r"docker\.elastic\.co/elasticsearch/elasticsearch:8\.\d+\.\d+"),
+        "opensearch": ("opensearch2", r"opensearchproject/opensearch:2\.\d+\.\d+"),
+    }  # fmt: skip
+    for name, (profile, image) in engines.items():
+        service = services[name]
+        assert service["profiles"] == [profile]
+        assert re.fullmatch(image, service["image"])
+        assert service["environment"]["discovery.type"] == "single-node"
         assert service["healthcheck"]["test"]
+        assert service["networks"]["default"]["aliases"] == ["search"]
     for name in ("install", "worker"):
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
-        assert depends["elasticsearch"]["condition"] == "service_healthy"
+        for engine in engines:
+            assert depends[engine] == {"condition": "service_healthy", "required": False}
     assert services["install"]["command"] == ["install"]
     assert services["worker"]["command"] == ["run"]
     assert services["worker"]["depends_on"]["install"]["condition"] == (
@@ -519,6 +529,7 @@ def test_the_dockerfile_runs_as_a_non_root_user() -> None:
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["indexsync"\]', text, re.M)
+    assert re.search(r"^HEALTHCHECK ", text, re.M) and "/readyz" in text
 
 
 def test_the_compose_samples_sync(env: Env) -> None:
