@@ -1,7 +1,9 @@
 """`make demo`: the whole product on an embedded PostgreSQL and the in-memory search server.
 
 Not part of the package: it is run from a clone, with the repository's sample bindings and
-mapping.
+mapping. Besides the happy path it shows what sets indexsync apart: a worker killed in the
+middle of a stream of writes, a search server that drops off the network, a document the
+server refuses, a rebuild under live writes, and `verify` proving zero drift at the end.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,8 @@ from indexsync.search import Search
 from indexsync.settings import Settings
 
 WORKDIR = Path(".demo")
+BINDINGS_FILE = Path("indexsync.example.toml")
+MAPPING_FILE = Path("mappings/articles.json")
 
 SCHEMA = """
 CREATE TABLE articles (
@@ -37,9 +44,7 @@ CREATE TABLE articles (
 );
 """
 
-# The demo uses the repository's own sample bindings and mapping.
-BINDINGS_FILE = Path("indexsync.example.toml")
-MAPPING_FILE = Path("mappings/articles.json")
+INSERT = "INSERT INTO articles (title, body, author, tags) VALUES (%s, %s, %s, %s)"
 
 
 def say(text: str) -> None:
@@ -47,7 +52,93 @@ def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def _hits(es: Search, body: dict[str, Any]) -> list[dict[str, Any]]:
+def note(text: str) -> None:
+    """A line under a step."""
+    print(f"   {text}", flush=True)
+
+
+class Relay:
+    """A TCP relay to the search server whose network can be cut, like a flaky link."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.down_until = 0.0
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self, seconds: float) -> None:
+        """Drop every connection and refuse new ones for `seconds`."""
+        self.down_until = time.monotonic() + seconds
+        with self.lock:
+            for conn in self.conns:
+                with _quiet():
+                    conn.shutdown(socket.SHUT_RDWR)
+            self.conns.clear()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with _quiet():
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with _quiet():
+            sink.shutdown(socket.SHUT_WR)
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+
+
+class Writer:
+    """An application inserting articles, one per transaction, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.count = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.is_set():
+                self.count += 1
+                conn.execute(INSERT, (f"Live {self.count}", "streamed", "app", ["live"]))
+                time.sleep(0.01)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def hits(es: Search, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Search the alias (after a refresh)."""
     es.refresh("articles")
     found: list[dict[str, Any]] = es.rest.request("POST", "/articles/_search", body=body)["hits"][
         "hits"
@@ -55,35 +146,44 @@ def _hits(es: Search, body: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def show(es: Search) -> dict[str, Any]:
-    """Print the documents behind the alias."""
-    hits = _hits(es, {"sort": ["_doc"], "size": 100, "version": True})
-    if not hits:
-        print("   (the index is empty)")
-    for hit in sorted(hits, key=lambda h: int(h["_id"])):
+def count(es: Search) -> int:
+    """Documents behind the alias."""
+    es.refresh("articles")
+    return int(es.rest.request("GET", "/articles/_count")["count"])
+
+
+def rows(url: str) -> int:
+    """Published rows in the table."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM articles WHERE published").fetchone()
+    return int(row[0]) if row else 0
+
+
+def show(es: Search) -> None:
+    """Print the first documents behind the alias."""
+    found = hits(es, {"sort": ["_doc"], "size": 5, "version": True})
+    for hit in sorted(found, key=lambda h: int(h["_id"])):
         src = hit["_source"]
-        print(
-            f"   _id={hit['_id']:<3} v{hit['_version']:<4} {src['title']!r} "
-            f"by {src['author']} {src['tags']}"
-        )
-    return {hit["_id"]: hit["_source"] for hit in hits}
+        note(f"_id={hit['_id']:<4} v{hit['_version']:<6} {src['title']!r} by {src['author']}")
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
     """Wait for the worker to catch up."""
-    deadline = time.monotonic() + timeout
     started = time.monotonic()
-    while time.monotonic() < deadline:
+    while time.monotonic() < started + timeout:
         if check():
-            print(f"   ({what} after {(time.monotonic() - started) * 1000:.0f} ms)")
+            note(f"({what} after {(time.monotonic() - started) * 1000:.0f} ms)")
             return
         time.sleep(0.05)
     raise SystemExit(f"demo failed: {what} did not happen within {timeout}s")
 
 
-def ids(es: Search) -> set[str]:
-    """Ids behind the alias right now."""
-    return {hit["_id"] for hit in _hits(es, {"size": 100, "_source": False})}
+def free_port() -> int:
+    """A TCP port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def main() -> int:
@@ -91,129 +191,151 @@ def main() -> int:
     if not BINDINGS_FILE.exists() or not MAPPING_FILE.exists():
         raise SystemExit("run the demo from the repository's root: make demo")
     bindings = BINDINGS_FILE.read_text(encoding="utf-8")
-    mapping = MAPPING_FILE.read_text(encoding="utf-8")
     if WORKDIR.exists():
         shutil.rmtree(WORKDIR)
     (WORKDIR / "mappings").mkdir(parents=True)
     (WORKDIR / "indexsync.toml").write_text(bindings)
-    (WORKDIR / "mappings" / "articles.json").write_text(mapping)
+    shutil.copy(MAPPING_FILE, WORKDIR / "mappings" / "articles.json")
 
-    say("Starting an embedded PostgreSQL and the in-memory search server")
+    say("Starting an embedded PostgreSQL and osmem, an in-memory OpenSearch")
     with EmbeddedPostgres(WORKDIR / "pgdata") as pg, EmbeddedSearch() as search:
+        relay = Relay(search.url)
+        metrics_port = free_port()
         env = {
             **os.environ,
             "INDEXSYNC_DATABASE_URL": pg.url,
-            "INDEXSYNC_ELASTICSEARCH_URL": search.url,
+            "INDEXSYNC_ELASTICSEARCH_URL": relay.url,
             "INDEXSYNC_CONFIG": str(WORKDIR / "indexsync.toml"),
             "INDEXSYNC_MAPPINGS_DIR": str(WORKDIR / "mappings"),
             "INDEXSYNC_LOG_FORMAT": "json",
+            "INDEXSYNC_METRICS_PORT": str(metrics_port),
+            "INDEXSYNC_RETRY_MAX_DELAY": "1",
         }
-        print(f"   PostgreSQL {pg.url}\n   search     {search.url}")
+        note(f"PostgreSQL {pg.url}")
+        note(f"search     {search.url} (the worker goes through a relay we can cut)")
         cli = [sys.executable, "-m", "indexsync"]
 
-        def run(*args: str) -> None:
+        def run(*args: str, show_output: bool = True) -> subprocess.CompletedProcess[str]:
             print(f"\n$ indexsync {' '.join(args)}", flush=True)
             result = subprocess.run([*cli, *args], env=env, text=True, capture_output=True)
-            print("   " + result.stdout.strip().replace("\n", "\n   "))
+            if show_output and result.stdout.strip():
+                note(result.stdout.strip().replace("\n", "\n   "))
             if result.returncode != 0:
                 raise SystemExit(f"demo failed: exit {result.returncode}: {result.stderr}")
+            return result
 
-        say("A sample table, the bindings file and a mapping")
+        logs: list[Path] = []
+
+        def start_worker() -> subprocess.Popen[str]:
+            log = WORKDIR / f"worker-{len(logs) + 1}.log"
+            logs.append(log)
+            handle = log.open("w")
+            return subprocess.Popen([*cli, "run"], env=env, stderr=handle, stdout=handle, text=True)
+
+        say("A sample table with 200 articles, the bindings file")
         with psycopg.connect(pg.url, autocommit=True) as conn:
             conn.execute(SCHEMA)
             conn.execute(
-                "INSERT INTO articles (title, body, author, tags) VALUES "
-                "('Hello PostgreSQL', 'Rows are the truth.', 'ada', '{postgres}')"
+                "INSERT INTO articles (title, body, author, tags) "
+                "SELECT 'Article ' || g, 'Rows are the truth.', 'ada', '{postgres}' "
+                "FROM generate_series(1, 200) g"
             )
-        print("   " + bindings.strip().replace("\n", "\n   "))
+        note(bindings.strip().replace("\n", "\n   "))
 
-        say("Install: schema, triggers, index articles-1 behind alias articles")
+        say("install: schema, triggers, index articles-1 behind alias articles, backfill")
         run("install")
-        run("install")  # idempotent
+        run("check")
 
-        say("Starting the worker in the background (logs in .demo/worker.log)")
-        log_file = (WORKDIR / "worker.log").open("w")
-        worker = subprocess.Popen([*cli, "run"], env=env, stderr=log_file, stdout=log_file)
         es = Search.connect(Settings(elasticsearch_url=[search.url]))
+        worker = start_worker()
         try:
-            wait_until("the existing row was backfilled", lambda: ids(es) == {"1"})
-            show(es)
-            conn = psycopg.connect(pg.url, autocommit=True)
+            say("The worker runs; the application writes a stream of rows")
+            with Writer(pg.url) as writer:
+                wait_until("the worker keeps up", lambda: count(es) >= 200 + 20)
 
-            say("INSERT two articles")
-            conn.execute(
-                "INSERT INTO articles (title, body, author, tags) VALUES "
-                "('Search that never drifts', 'Triggers record ids; the worker re-reads rows.', "
-                "'grace', '{search,sync}'), "
-                "('Versioned writes', 'A stale write comes back 409 and is dropped.', "
-                "'alan', '{search}')"
-            )
-            wait_until("the inserts reached the index", lambda: ids(es) == {"1", "2", "3"})
-            show(es)
+                say("SIGKILL the worker in the middle of the stream, then restart it")
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()
+                killed_at = writer.count
+                time.sleep(1.0)
+                note(f"{writer.count - killed_at} rows were written while no worker ran")
+                worker = start_worker()
+                wait_until(
+                    "the restarted worker caught up", lambda: count(es) >= 200 + killed_at + 30
+                )
 
-            say("UPDATE one article 50 times in one transaction (one document write)")
-            with conn.transaction():
-                for i in range(50):
-                    conn.execute(
-                        "UPDATE articles SET title = %s WHERE id = 2",
-                        (f"Search that never drifts (rev {i + 1})",),
-                    )
-            wait_until(
-                "the last revision is indexed",
-                lambda: show_quiet(es).get("2", {}).get("title", "").endswith("(rev 50)"),
-            )
-            show(es)
+                say("The search server drops off the network for 3 seconds")
+                relay.cut(3.0)
+                cut_at = writer.count
+                time.sleep(3.5)
+                note(f"{writer.count - cut_at} rows were written meanwhile; nothing was lost")
+                wait_until(
+                    "the worker caught up after the outage", lambda: count(es) >= 200 + cut_at + 30
+                )
 
-            say("Unpublish article 3 (it leaves the `where` filter) and DELETE article 1")
-            conn.execute("UPDATE articles SET published = false WHERE id = 3")
-            conn.execute("DELETE FROM articles WHERE id = 1")
-            wait_until("both are gone from the index", lambda: ids(es) == {"2"})
+                say("A rebuild into a new index while the application keeps writing")
+                run("reindex")
+            wait_until("every row is in the index", lambda: count(es) == rows(pg.url))
             show(es)
 
-            say("A transaction that rolls back leaves no trace")
-            try:
-                with conn.transaction():
-                    conn.execute(
-                        "INSERT INTO articles (title, body, author) "
-                        "VALUES ('Ghost', 'never', 'nobody')"
-                    )
-                    raise RuntimeError("rollback")
-            except RuntimeError:
-                pass
-            time.sleep(0.5)
-            show(es)
+            say("A document the server refuses goes to the dead letters")
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO articles (title, body, author, updated_at) "
+                    "VALUES ('From the far future', 'x', 'bob', 'infinity')"
+                )
+                wait_until(
+                    "the refusal is recorded",
+                    lambda: (
+                        conn.execute("SELECT count(*) FROM indexsync.dead_letters").fetchone()
+                        == (1,)
+                    ),
+                )
+                run("deadletters")
+                say("Fix the row: its next change retries it, and its dead letter goes")
+                conn.execute("UPDATE articles SET updated_at = now() WHERE updated_at = 'infinity'")
+            wait_until("the fixed row landed", lambda: count(es) == rows(pg.url))
+            run("deadletters")
 
-            say("Search the alias: full-text query for 'drifts'")
-            hits = _hits(es, {"query": {"match": {"title": "drifts"}}})
-            for hit in hits:
-                print(f"   hit _id={hit['_id']} {hit['_source']['title']!r}")
-            if not hits:
+            say("/metrics and /readyz of the worker")
+            base = f"http://127.0.0.1:{metrics_port}"
+            with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+                note(f"/readyz -> {response.status} {response.read().decode()}")
+            with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith(("indexsync_documents_indexed_total", "indexsync_backlog",
+                                        "indexsync_reconnects_total")):  # fmt: skip
+                        note(line)
+
+            say("Search the alias: full-text query for 'truth'")
+            found = hits(es, {"query": {"match": {"body": "truth"}}, "size": 3})
+            for hit in found:
+                note(f"hit _id={hit['_id']} {hit['_source']['title']!r}")
+            if not found:
                 raise SystemExit("demo failed: the search found nothing")
 
-            conn.close()
             run("status")
-            run("check")
+            say("verify: the database and the index, compared document by document")
+            run("verify")
         finally:
-            say("Stopping the worker with SIGTERM: it finishes its batch and exits 0")
+            say("SIGTERM: the worker finishes its batch and exits 0")
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=30)
-            log_file.close()
             es.close()
-            print(f"   worker exit code {code}")
+            note(f"worker exit code {code}")
             events = [
                 json.loads(line).get("event")
-                for line in (WORKDIR / "worker.log").read_text().splitlines()
+                for log in logs
+                for line in log.read_text().splitlines()
                 if line.startswith("{")
             ]
-            print(f"   worker logged {events.count('batch.done')} batch.done events")
-    say("Done: real PostgreSQL, real HTTP search server, the real CLI. Rerun with `make demo`.")
+            note(
+                f"the workers logged {events.count('batch.done')} batches and "
+                f"{events.count('worker.search_unavailable')} search outage retries "
+                f"(logs in {WORKDIR}/worker-*.log)"
+            )
+    say("Done: a real PostgreSQL, a real HTTP search server, the real CLI.")
     return 0 if code == 0 else 1
-
-
-def show_quiet(es: Search) -> dict[str, Any]:
-    """The documents behind the alias, without printing."""
-    hits = _hits(es, {"size": 100})
-    return {hit["_id"]: hit["_source"] for hit in hits}
 
 
 if __name__ == "__main__":
