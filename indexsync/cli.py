@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "deadletters",
         cmd_deadletters,
-        "List documents Elasticsearch refused, or retry them.",
+        "List documents the search server refused or PostgreSQL could not build; retry them.",
         "indexsync deadletters retry --index posts",
     )
     p.add_argument("action", choices=["list", "retry"], nargs="?", default="list")

@@ -36,7 +36,7 @@ class QueryFailed(DatabaseError):
 
 
 class SearchError(IndexsyncError):
-    """Elasticsearch refused a request."""
+    """The search server refused a request."""
 
     exit_code = 2
 

@@ -57,7 +57,7 @@ class Health:
         self._set("postgresql", ok, reason)
 
     def search_ok(self, ok: bool, reason: str = "") -> None:
-        """Record whether Elasticsearch answered the last check."""
+        """Record whether the search server answered the last check."""
         self._set("elasticsearch", ok, reason)
 
     def _set(self, server: Server, ok: bool, reason: str) -> None:

@@ -113,7 +113,7 @@ class Metrics:
         )
         self.dead_letters = Gauge(
             "indexsync_dead_letters",
-            "Documents Elasticsearch refused for good, waiting in indexsync.dead_letters.",
+            "Documents refused for good (or unbuildable), waiting in indexsync.dead_letters.",
             ["index"],
             registry=r,
         )

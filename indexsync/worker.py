@@ -174,7 +174,7 @@ class Worker:
         for alias in self.bindings:
             if not self.search.alias_targets(alias):
                 raise IndexMissing(
-                    f"index alias {alias!r} does not exist in Elasticsearch; "
+                    f"index alias {alias!r} does not exist on the search server; "
                     "run `indexsync install`"
                 )
 
