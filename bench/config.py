@@ -46,6 +46,8 @@ class BenchConfig:
     restart_rows: int = 3_000
     restart_load_s: float = 12.0
     restart_down_s: float = 1.0
+    # `indexsync install` on a table this big while a client updates single rows.
+    install_wait_rows: int = 1_000_000
     # Rows per transaction when loading: many small commits, like an application.
     load_tx_rows: int = 10
 
@@ -64,6 +66,7 @@ class BenchConfig:
             scale=scale,
             sync_rows=int(_scaled(full.sync_rows, scale, 2_000)),
             reindex_rows=int(_scaled(full.reindex_rows, scale, 5_000)),
+            install_wait_rows=int(_scaled(full.install_wait_rows, scale, 20_000)),
             fanout_docs=int(_scaled(full.fanout_docs, scale, 5_000)),
             tps_rows=int(_scaled(full.tps_rows, scale, 1_000)),
             tps_round_s=round(_scaled(full.tps_round_s, scale, 1.0), 2),

@@ -19,7 +19,7 @@ from types import FrameType
 
 import structlog
 
-from bench import fanout, latency, rebuild, recipe, throughput, writes
+from bench import fanout, install_wait, latency, rebuild, recipe, throughput, writes
 from bench.config import BenchConfig, BenchConfigError
 from bench.console import elapsed, say
 from bench.procs import ProcessGroup
@@ -151,6 +151,24 @@ def run_reindex(
         {"of": "reindex_rows_per_s / bulk_ceiling_docs_per_s", **_servers_input(servers)},
     )
     results.details["reindex"] = details
+
+
+def run_install_wait(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> None:
+    """What `indexsync install` on a big table costs the application's single-row writes."""
+    ws = Workspace.create("install_wait", servers, procs, workdir)
+    found = install_wait.measure_install_wait(ws, cfg.install_wait_rows)
+    inputs = {
+        "rows": cfg.install_wait_rows,
+        "method": "one autocommit session updating random single rows; statement times "
+        "during `indexsync install` (triggers, index, lock-free backfill) / the same "
+        "session's in the 3 s before it",
+        **_servers_input(servers),
+    }
+    results.add("install_write_p99_ratio", found["p99_ratio"], inputs)
+    results.add("install_write_max_ms", found["during_max_ms"], inputs)
+    results.details["install_wait"] = found
 
 
 def run_fanout(
@@ -339,6 +357,8 @@ def run(cfg: BenchConfig, workdir: Path) -> Results:
         ceiling = results.figures["bulk_ceiling_docs_per_s"]
         servers.drop_indexes()
         run_reindex(servers, procs, workdir, cfg, results, ceiling)
+        servers.drop_indexes()
+        run_install_wait(servers, procs, workdir, cfg, results)
         servers.drop_indexes()
         run_writes(servers, procs, workdir, cfg, results)
         run_fanout(servers, procs, workdir, cfg, results)
