@@ -76,7 +76,16 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
 def _reload(
     spec: BindingsFile, settings: Settings, store: Store
 ) -> tuple[dict[str, Binding], dict[str, str]]:
-    """The bindings file resolved binding by binding, as a running worker needs it."""
+    """The bindings file resolved binding by binding, as a running worker needs it.
+
+    The file is read again, so that a broken binding mended by editing it (and rerunning
+    `install`) resumes without a restart; while the file does not parse (an edit in
+    progress), the version read before stands.
+    """
+    try:
+        spec = load_bindings(settings.config)
+    except ConfigError as exc:
+        log.warning("bindings.unreadable", error=str(exc), using="the bindings read before")
     good, broken = resolve_each(store, spec, settings.config)
     return good, {alias: str(exc) for alias, exc in broken.items()}
 

@@ -472,3 +472,23 @@ def test_every_common_type_reaches_the_document_as_postgres_renders_it(env: Env)
     letters = env.sql("SELECT doc_id, reason FROM indexsync.dead_letters")
     assert [doc_id for doc_id, _ in letters] == ["5"]
     assert "6" in env.docs("everything")
+
+
+def test_a_broken_binding_mended_by_editing_the_file_and_installing_resumes(env: Env) -> None:
+    env.sql(ORDERS)
+    env.bindings(f'[indexes.{env.alias("orders")}]\ntable = "orders"\nwhere = "NOT archived"\n')
+    env.install()
+    with running(env):
+        env.sql("ALTER TABLE orders DROP COLUMN archived")
+        env.sql("INSERT INTO orders (id, code) SELECT g, 'x' FROM generate_series(1, 40) g")
+        wait_for(
+            lambda: env.sql("SELECT count(*) FROM indexsync.binding_state "
+                            "WHERE paused_reason IS NOT NULL")[0][0] == 1,
+            what="the binding paused",
+        )  # fmt: skip
+        # The team edits the binding to the new schema and reruns install; no restart.
+        env.bindings(f'[indexes.{env.alias("orders")}]\ntable = "orders"\nwhere = "qty > 0"\n')
+        env.install()
+        wait_for(lambda: len(env.docs("orders")) == 40, what="the mended binding catches up")
+    assert env.cli("status").returncode == 0
+    assert env.sql("SELECT count(*) FROM indexsync.dead_letters")[0][0] == 0
