@@ -178,6 +178,13 @@ class Metrics:
             ["index"],
             registry=r,
         )
+        self.refresh_queued = Gauge(
+            "indexsync_refresh_queued",
+            "Documents re-queued so far by the refresh after a schema change (absent when none "
+            "runs).",
+            ["index"],
+            registry=r,
+        )
         self.paused = Gauge(
             "indexsync_binding_paused",
             "1 while the index is paused because its binding's SQL fails, else 0.",
@@ -245,6 +252,11 @@ class Metrics:
                 self.lag.labels(row.index).set(row.oldest_pending_seconds or 0.0)
                 self.dead_letters.labels(row.index).set(row.dead_letters)
                 self.paused.labels(row.index).set(1 if row.paused_reason is not None else 0)
+                if row.refreshing:
+                    self.refresh_queued.labels(row.index).set(row.refresh_done)
+                else:
+                    with contextlib.suppress(KeyError):
+                        self.refresh_queued.remove(row.index)
                 if row.backlog == 0:
                     self.last_success.labels(row.index).set(now)
                 if row.rebuild_target is not None:
