@@ -38,9 +38,41 @@ def blocks() -> list[tuple[Path, str, str]]:
 ARTICLES = (ROOT / "docker" / "init.sql").read_text(encoding="utf-8")
 
 
+# The broken files the troubleshooting page runs `check` on.
+BAD_BINDINGS = {
+    "syntax.toml": '[indexes.articles\ntable = "articles"\n',
+    "key.toml": '[indexes.articles]\ntable = "articles"\ncolumn = ["id"]\n',
+    "table.toml": '[indexes.articles]\ntable = "public.article"\n',
+    "nokey.toml": '[indexes.nokey]\ntable = "nokey"\n',
+    "column.toml": '[indexes.articles]\ntable = "public.articles"\ncolumns = ["id", "titel"]\n',
+    "where.toml": '[indexes.articles]\ntable = "public.articles"\nwhere = "publised"\n',
+    "upper.toml": '[indexes.Articles]\ntable = "public.articles"\n',
+    "suffix.toml": '[indexes.articles-2]\ntable = "public.articles"\n',
+}
+BAD_MAPPINGS = {
+    "badjson": '{"settings": {}, "mappings": {"properties": {title: 1}}}',
+    "badkeys": '{"aliases": {}, "mappings": {}}',
+    "badtype": '{"mappings": {"properties": {"title": {"type": "txt"}}}}',
+}
+
+
 def prepare(env: Env, setup: str) -> None:
     env.sql(ARTICLES)
     env.bindings(f'[indexes.{env.alias("articles")}]\ntable = "public.articles"\n')
+    if setup == "bad-files":
+        env.sql("CREATE TABLE nokey (x int)")
+        for name, text in BAD_BINDINGS.items():
+            (env.workdir / name).write_text(text, encoding="utf-8")
+        for folder, text in BAD_MAPPINGS.items():
+            (env.workdir / folder).mkdir()
+            (env.workdir / folder / "articles.json").write_text(text, encoding="utf-8")
+    if setup == "dead-letter":
+        env.sql("CREATE TABLE things (id int PRIMARY KEY, n text)")
+        env.bindings(f'[indexes.{env.alias("things")}]\ntable = "things"\n')
+        env.mapping("things", {"mappings": {"properties": {"n": {"type": "integer"}}}})
+        env.install()
+        env.sql("INSERT INTO things VALUES (1, '7'), (2, 'abc')")
+        env.sync()
     if setup in ("installed", "synced"):
         env.install()
     if setup == "synced":
@@ -48,10 +80,19 @@ def prepare(env: Env, setup: str) -> None:
 
 
 def normalise(text: str, env: Env) -> str:
+    """Output with what changes from run to run replaced; command lines stay as written."""
+    return "\n".join(
+        line if line.startswith("$ ") else _normalise_line(line, env)
+        for line in text.strip().splitlines()
+    )
+
+
+def _normalise_line(text: str, env: Env) -> str:
     text = text.replace(str(env.workdir) + "/", "").replace(str(env.workdir), ".")
     text = re.sub(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b", "2026-12-01 12:00:00", text)
     text = re.sub(r"port=\d+|port \d+|127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
-    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+    text = re.sub(r"seq=\d+", "seq=N", text)
+    return text.rstrip()
 
 
 def run(env: Env, body: str) -> str:
@@ -78,9 +119,14 @@ def run(env: Env, body: str) -> str:
             cwd=env.workdir,
         )
         out.append(line)
-        out.extend((result.stdout + result.stderr).strip().splitlines())
+        # Structured log lines (JSON on stderr) are left out: the docs show what a reader
+        # acts on, the output and the error.
+        printed = (result.stdout + result.stderr).strip().splitlines()
+        out.extend(text for text in printed if not text.startswith("{"))
         out.append("")
-    return normalise("\n".join(out), env)
+    # The temporary folder reads as the current one; everything else is kept as printed.
+    text = "\n".join(out).strip()
+    return text.replace(str(env.workdir) + "/", "").replace(str(env.workdir), ".")
 
 
 @pytest.mark.parametrize(
@@ -94,9 +140,10 @@ def test_documented_output_is_what_the_command_prints(
     actual = run(env, body)
     if os.environ.get("INDEXSYNC_DOCS_WRITE"):
         text = path.read_text(encoding="utf-8")
-        path.write_text(text.replace(body, actual + "\n", 1), encoding="utf-8")
+        written = "\n".join(line.rstrip() for line in actual.splitlines())
+        path.write_text(text.replace(body, written + "\n", 1), encoding="utf-8")
         return
-    assert actual == normalise(body, env)
+    assert normalise(actual, env) == normalise(body, env)
 
 
 def test_some_blocks_are_checked() -> None:
