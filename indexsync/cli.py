@@ -57,7 +57,9 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     mappings = _mappings(settings, spec)
     search = _search(settings)
     try:
-        report = install(settings, spec, mappings, search, backfill=not args.no_backfill)
+        report = install(
+            settings, spec, mappings, search, backfill=not args.no_backfill, wait=args.wait
+        )
     finally:
         search.close()
     if report.migrations:
@@ -68,6 +70,12 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
         print(f"applied {report.statements} DDL statement(s)")
     for alias, rows in report.backfilled.items():
         print(f"backfilled {rows} existing row(s) of {alias!r} (lock-free scan)")
+    for alias in report.backfills:
+        if alias not in report.backfilled:
+            print(
+                f"existing rows of {alias!r}: a worker writes them now, beside live sync "
+                "(`indexsync status` shows the progress)"
+            )
     if not (report.statements or report.created_indexes or report.migrations or report.backfilled):
         print("indexsync is installed; nothing to change")
     return 0
@@ -422,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-backfill",
         action="store_true",
         help="do not write the existing rows of new indexes (a later `reindex` can)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="write the existing rows of new indexes before returning, instead of leaving "
+        "them to the workers",
     )
     p = add(
         "run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle"

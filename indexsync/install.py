@@ -29,6 +29,8 @@ class InstallReport:
     dropped_triggers: list[str] = field(default_factory=list)
     migrations: list[int] = field(default_factory=list)
     created_by_alias: dict[str, str] = field(default_factory=dict)
+    # New indexes whose existing rows a worker will write.
+    backfills: list[str] = field(default_factory=list)
 
 
 def _meta(settings: Settings) -> list[tuple[str, str]]:
@@ -62,14 +64,17 @@ def install(
     search: Search,
     *,
     backfill: bool = True,
+    wait: bool = False,
     stream: TextIO | None = None,
 ) -> InstallReport:
     """Create what is missing, converge what differs; a second run changes nothing.
 
-    The schema, the triggers and the indexes come in one short transaction. The existing
-    rows of a new index are then written by the same lock-free keyset scan at a watermark
-    that `reindex --in-place` uses: no lock is held while it runs, the application's writes
-    go on, and a killed backfill resumes where it stopped on the next `install`.
+    The schema, the triggers and the indexes come in one short transaction, with a
+    backfill recorded for each new index. A worker then writes the existing rows with the
+    same lock-free keyset scan at a watermark that `reindex --in-place` uses, beside live
+    sync: no lock is held while it runs, the application's writes go on, `status` shows its
+    progress, and a killed worker's backfill resumes where it stopped. With `wait`, install
+    runs the backfill itself before returning.
     """
     search.ping()
     report = InstallReport()
@@ -95,10 +100,11 @@ def install(
                     # A table changed since last seen: its documents are refreshed by workers.
                     refresh.observe(store, binding)
                 if backfill:
-                    # Recorded with the triggers, so a backfill killed before its first page
-                    # still resumes on the next run.
+                    # Recorded with the triggers: whoever runs it (a worker, or install with
+                    # --wait), a killed backfill resumes from its last page.
                     for alias in new_aliases:
                         store.start_backfill(alias, report.created_by_alias[alias])
+                        report.backfills.append(alias)
                 unfinished = set(store.unfinished_backfills())
         except BaseException:
             # Nothing half-applied: the transaction rolled back, so drop the indexes we made.
@@ -109,7 +115,7 @@ def install(
                     log.warning("install.cleanup_failed", index=name)
             report.created_indexes.clear()
             raise
-        if backfill:
+        if backfill and wait:
             _backfill(settings, search, store, bindings, mappings, unfinished, report, stream)
     log.info(
         "install.done",

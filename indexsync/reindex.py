@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -122,6 +123,10 @@ class Progress:
             )
 
 
+class Interrupted(IndexsyncError):
+    """A rebuild was asked to stop; its progress is kept for a resume."""
+
+
 @dataclass
 class ReindexResult:
     """What one rebuild did."""
@@ -155,6 +160,8 @@ class Reindexer:
         stream: TextIO | None = None,
         wait_timeout: float = 600.0,
         on_chunk: Callable[[int], None] | None = None,
+        writer: BulkWriter | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.search = search
@@ -165,11 +172,16 @@ class Reindexer:
         self.stream = stream if stream is not None else sys.stderr
         self.wait_timeout = wait_timeout
         self.on_chunk = on_chunk
-        self.writer = BulkWriter.from_settings(search, settings)
+        # A worker's backfill shares the worker's writer, so that its requests count against
+        # the same bound of requests in flight.
+        self.stop = stop
+        self._owns_writer = writer is None
+        self.writer = writer or BulkWriter.from_settings(search, settings)
 
     def close(self) -> None:
         """Release threads."""
-        self.writer.close()
+        if self._owns_writer:
+            self.writer.close()
 
     def reindex(
         self, store: Store, binding: Binding, *, in_place: bool, restart: bool
@@ -208,8 +220,9 @@ class Reindexer:
         else:
             drawn = state.watermark
             if drawn is None:
+                # A backfill recorded by install: counted and started here.
                 drawn = draw_watermark(store, self.wait_timeout)
-                store.set_watermark(alias, drawn)
+                store.set_watermark(alias, drawn, store.count_documents(binding))
             watermark = drawn
             last_key, done = state.last_key, state.rows_done
             log.info("reindex.resumed", index=alias, target=target, after_key=last_key, rows=done)
@@ -275,6 +288,8 @@ class Reindexer:
         in_flight: deque[tuple[Future[WriteResult], str, int]] = deque()
         with ThreadPoolExecutor(_PAGES_IN_FLIGHT, thread_name_prefix="scan") as sender:
             while True:
+                if self.stop is not None and self.stop.is_set():
+                    raise Interrupted(f"rebuild of {binding.alias!r} stopped; it resumes later")
                 # One short statement per page: nothing holds back vacuum during a long scan.
                 page = store.scan_page(binding, last_key, self.chunk_size)
                 while in_flight and (

@@ -504,13 +504,21 @@ class Store:
         """Record install's backfill of a new index (an in-place rebuild)."""
         self._named("start_backfill", {"alias": alias, "target": target})
 
+    def try_backfill_lock(self, alias: str) -> bool:
+        """Take the session lock that lets one worker at a time backfill `alias`."""
+        return bool(self._named_value("try_backfill_lock", {"alias": alias}))
+
+    def backfill_unlock(self, alias: str) -> None:
+        """Release that lock."""
+        self._named_value("backfill_unlock", {"alias": alias})
+
     def unfinished_backfills(self) -> list[str]:
         """In-place rebuilds left unfinished."""
         return [str(r[0]) for r in self._tuples(queries.get("unfinished_backfills"), {})]
 
-    def set_watermark(self, alias: str, watermark: int) -> None:
-        """Record a rebuild's V0."""
-        self._named("set_watermark", {"alias": alias, "watermark": watermark})
+    def set_watermark(self, alias: str, watermark: int, total: int | None = None) -> None:
+        """Record a rebuild's V0 (and the rows it expects to write, when counted)."""
+        self._named("set_watermark", {"alias": alias, "watermark": watermark, "total": total})
 
     def rebuild_progress(self, alias: str, last_key: str, rows_done: int) -> None:
         """Record the last key whose page has landed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from indexsync.errors import (
 from indexsync.health import Health
 from indexsync.logs import get_logger
 from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Metrics
+from indexsync.reindex import Interrupted, Reindexer
 from indexsync.rows import Change, DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
@@ -61,6 +63,8 @@ Reload = Callable[[Store], tuple[dict[str, Binding], dict[str, str]]]
 
 # A paused binding is probed again after this long at most.
 _PAUSE_MAX_DELAY = 5.0
+# How often a worker looks for a new index's backfill to run.
+_BACKFILL_EVERY = 2.0
 # How often the shape of the bound tables is compared with the one last seen.
 _OBSERVE_EVERY = 2.0
 
@@ -126,6 +130,9 @@ class Worker:
         )
         self._recorded_seq = 0
         self._observed_at = float("-inf")
+        self._backfilling: threading.Thread | None = None
+        self._backfill_stop = threading.Event()
+        self._backfill_at = float("-inf")
         self._progress_at = time.monotonic()
         # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
         self._block_failures: dict[str, int] = {}
@@ -138,6 +145,10 @@ class Worker:
 
     def close(self) -> None:
         """Release connections and threads."""
+        if self._backfilling is not None:
+            # The scan stops at its next page; its progress is kept for whoever resumes it.
+            self._backfill_stop.set()
+            self._backfilling.join()
         self._disconnect()
         if self._lanes is not None:
             self._lanes.shutdown(wait=True)
@@ -231,10 +242,15 @@ class Worker:
                 pending = must_drain or store.has_pending(self.paused())
                 if pending:
                     self.drain()
+                # With until_idle, a backfill runs here and the loop drains again after it.
+                backfilled = self._backfill(inline=until_idle)
                 failures = 0
                 self._record_progress(force=until_idle)
                 if until_idle:
-                    break
+                    if not backfilled:
+                        break
+                    must_drain = True
+                    continue
                 must_drain = self._wait()
             except DatabaseUnavailable as exc:
                 must_drain = True
@@ -267,6 +283,67 @@ class Worker:
             self._record_progress(force=True)
         log.info("worker.stopped", batches=self.totals.batches, changes=self.totals.changes)
         return self.totals
+
+    # --- backfills ---------------------------------------------------------------------------
+
+    def _backfill(self, *, inline: bool) -> bool:
+        """Start (or, inline, run) the backfill of a new index, if one waits; True if it ran."""
+        if self._backfilling is not None:
+            if self._backfilling.is_alive():
+                return False
+            self._backfilling = None
+        now = time.monotonic()
+        if not inline and now < self._backfill_at:
+            return False
+        self._backfill_at = now + _BACKFILL_EVERY
+        store = self._connect(listen=False)
+        with self._lock:
+            candidates = [
+                alias
+                for alias in store.unfinished_backfills()
+                if alias in self.bindings and alias not in self._paused
+            ]
+        for alias in candidates:
+            session = Store.connect(self.settings, role="backfill")
+            if not session.try_backfill_lock(alias):
+                session.close()  # another worker has it
+                continue
+            binding = self.bindings[alias]
+            if inline:
+                self._run_backfill(session, binding)
+                return True
+            self._backfilling = threading.Thread(
+                target=self._run_backfill, args=(session, binding), name="backfill", daemon=True
+            )
+            self._backfilling.start()
+            return False
+        return False
+
+    def _run_backfill(self, session: Store, binding: Binding) -> None:
+        """Write an index's existing rows beside live sync, resumably (an in-place rebuild)."""
+        reindexer = Reindexer(
+            self.settings,
+            self.search,
+            {},
+            writer=self.writer,
+            stop=self._backfill_stop,
+            # Progress goes to the log (reindex.progress), never as a bar among the logs.
+            stream=io.StringIO(),
+        )
+        try:
+            log.info("backfill.started", index=binding.alias)
+            result = reindexer.reindex(session, binding, in_place=True, restart=False)
+            log.info("backfill.done", index=binding.alias, rows=result.rows)
+        except Interrupted:
+            log.info("backfill.interrupted", index=binding.alias)
+        except IndexsyncError as exc:
+            # Left as it was: a later round resumes from the last page that landed.
+            log.warning("backfill.failed", index=binding.alias, error=str(exc))
+        finally:
+            reindexer.close()
+            with contextlib.suppress(IndexsyncError):
+                session.backfill_unlock(binding.alias)
+            session.close()
 
     # --- schema changes ---------------------------------------------------------------------
 

@@ -277,13 +277,23 @@ VALUES (%(alias)s, %(target)s, %(in_place)s, %(total)s);
 INSERT INTO indexsync.rebuilds (alias, target, in_place) VALUES (%(alias)s, %(target)s, true)
 ON CONFLICT (alias) DO NOTHING;
 
+-- name: try_backfill_lock
+-- One worker at a time backfills an index; the lock goes with the session if it dies.
+SELECT pg_try_advisory_lock(hashtext('indexsync.backfill'), hashtext(%(alias)s));
+
+-- name: backfill_unlock
+-- The backfill is over, or this worker stops.
+SELECT pg_advisory_unlock(hashtext('indexsync.backfill'), hashtext(%(alias)s));
+
 -- name: unfinished_backfills
 -- In-place rebuilds left unfinished (a killed install or reindex --in-place).
 SELECT alias FROM indexsync.rebuilds WHERE in_place;
 
 -- name: set_watermark
--- The rebuild's V0.
-UPDATE indexsync.rebuilds SET watermark = %(watermark)s, updated_at = now() WHERE alias = %(alias)s;
+-- The rebuild's V0, and the rows it expects to write.
+UPDATE indexsync.rebuilds
+SET watermark = %(watermark)s, rows_total = coalesce(%(total)s, rows_total), updated_at = now()
+WHERE alias = %(alias)s;
 
 -- name: rebuild_progress
 -- The last key whose page has landed: a resume starts after it.
