@@ -242,14 +242,14 @@ def main() -> int:
             )
         note(bindings.strip().replace("\n", "\n   "))
 
-        say("install: schema, triggers, index articles-1 behind alias articles, backfill")
+        say("install: schema, triggers, index articles-1 behind alias articles")
         run("install")
         run("check")
 
         es = Search.connect(Settings(elasticsearch_url=[search.url]))
         worker = start_worker()
         try:
-            say("The worker runs; the application writes a stream of rows")
+            say("The worker writes the 200 existing rows; the application writes a stream")
             with Writer(pg.url) as writer:
                 wait_until("the worker keeps up", lambda: count(es) >= 200 + 20)
 

@@ -136,6 +136,7 @@ class Worker:
         self._progress_at = time.monotonic()
         # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
         self._block_failures: dict[str, int] = {}
+        self._landed_once: set[str] = set()
         self._refreshed_at = float("-inf")
         self._store: Store | None = None
         self._listener: Store | None = None
@@ -310,8 +311,8 @@ class Worker:
                 continue
             binding = self.bindings[alias]
             if inline:
-                self._run_backfill(session, binding)
-                return True
+                # A failed backfill is not retried in this loop: --until-idle must end.
+                return self._run_backfill(session, binding)
             self._backfilling = threading.Thread(
                 target=self._run_backfill, args=(session, binding), name="backfill", daemon=True
             )
@@ -319,7 +320,7 @@ class Worker:
             return False
         return False
 
-    def _run_backfill(self, session: Store, binding: Binding) -> None:
+    def _run_backfill(self, session: Store, binding: Binding) -> bool:
         """Write an index's existing rows beside live sync, resumably (an in-place rebuild)."""
         reindexer = Reindexer(
             self.settings,
@@ -334,11 +335,14 @@ class Worker:
             log.info("backfill.started", index=binding.alias)
             result = reindexer.reindex(session, binding, in_place=True, restart=False)
             log.info("backfill.done", index=binding.alias, rows=result.rows)
+            return True
         except Interrupted:
             log.info("backfill.interrupted", index=binding.alias)
+            return False
         except IndexsyncError as exc:
             # Left as it was: a later round resumes from the last page that landed.
             log.warning("backfill.failed", index=binding.alias, error=str(exc))
+            return False
         finally:
             reindexer.close()
             with contextlib.suppress(IndexsyncError):
@@ -533,12 +537,20 @@ class Worker:
         landed_at = datetime.now(UTC)
         blocked = set(written.block_reasons)
         cleared: list[str] = []
+        first: list[str] = []
         with self._lock:
             for change in changes:
                 if change.index_name not in blocked:
                     self._succeeded[change.index_name] = landed_at
                     if self._block_failures.pop(change.index_name, None) is not None:
                         cleared.append(change.index_name)
+                    elif change.index_name not in self._landed_once:
+                        first.append(change.index_name)
+                    self._landed_once.add(change.index_name)
+        for alias in dict.fromkeys(first):
+            # A pause recorded by a worker before this one (one that stopped while the
+            # index was blocked or broken) ends with this worker's first batch that lands.
+            store.set_paused(alias, None)
         for alias in cleared:
             # The block has lifted: status and /readyz stop naming it.
             store.set_paused(alias, None)

@@ -153,7 +153,13 @@ WHERE progress.last_success_at < EXCLUDED.last_success_at;
 -- === dead letters =========================================================================
 
 -- name: add_dead_letters
--- Record documents that were refused, or could not be built.
+-- Record documents that were refused, or could not be built; one letter per document, the
+-- latest (a backfill and a live batch may both have tried the same document).
+WITH replaced AS (
+    DELETE FROM indexsync.dead_letters d
+    USING unnest(%(indexes)s::text[], %(ids)s::text[]) AS u(index_name, doc_id)
+    WHERE d.index_name = u.index_name AND d.doc_id = u.doc_id
+)
 INSERT INTO indexsync.dead_letters (index_name, doc_id, seq, status, error_type, reason, sqlstate)
 SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(seqs)s::bigint[],
                      %(statuses)s::int[], %(types)s::text[], %(reasons)s::text[],

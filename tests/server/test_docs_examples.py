@@ -92,6 +92,7 @@ def _normalise_line(text: str, env: Env) -> str:
     text = re.sub(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b", "2026-12-01 12:00:00", text)
     text = re.sub(r"port=\d+|port \d+|127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
     text = re.sub(r"seq=\d+", "seq=N", text)
+    text = re.sub(r"^\d+\t", "N\t", text)  # a dead letter's id
     return text.rstrip()
 
 
