@@ -137,6 +137,7 @@ class Worker:
         # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
         self._block_failures: dict[str, int] = {}
         self._landed_once: set[str] = set()
+        self._recorded_pauses: set[str] = set()
         self._refreshed_at = float("-inf")
         self._store: Store | None = None
         self._listener: Store | None = None
@@ -204,6 +205,14 @@ class Worker:
             return
         self._recorded_at = now
         self._flush_progress(self._store)
+        # Pauses this worker recorded and has since lifted: batches of parallel lanes may
+        # have committed a pause after the batch that landed, so settle it from memory.
+        with self._lock:
+            # A blocked index being retried is not lifted until one of its batches lands.
+            lifted = self._recorded_pauses - set(self._paused) - set(self._block_failures)
+            self._recorded_pauses -= lifted
+        for alias in sorted(lifted):
+            self._store.set_paused(alias, None)
         seq = self._store.last_seq()
         if seq <= self._recorded_seq:
             return
@@ -402,6 +411,8 @@ class Worker:
             state.reason = reason
         store.set_paused(alias, reason)
         state.recorded = True
+        with self._lock:
+            self._recorded_pauses.add(alias)
 
     def _retry_paused(self, store: Store) -> None:
         now = time.monotonic()
@@ -518,7 +529,7 @@ class Worker:
             # Taken before the re-read is sent: a pause while its answer is in flight
             # must count towards the read's age (see max_read_age).
             read_at = time.monotonic()
-            ops, unbuilt = self._build_ops(store, changes, rebuilds, version)
+            ops, unbuilt, stopped = self._build_ops(store, changes, rebuilds, version)
             written = self.writer.write(ops, read_at, defer=True)
             written.dead.extend(unbuilt)
             # Older dead letters of these documents are obsolete: they landed since, or
@@ -535,7 +546,8 @@ class Worker:
             for alias, reason in written.block_reasons.items():
                 self._pause(store, alias, reason, blocked=True)
         landed_at = datetime.now(UTC)
-        blocked = set(written.block_reasons)
+        # Neither a blocked index nor one whose binding broke in this batch landed anything.
+        blocked = set(written.block_reasons) | stopped
         cleared: list[str] = []
         first: list[str] = []
         with self._lock:
@@ -567,10 +579,12 @@ class Worker:
         changes: Sequence[Change],
         rebuilds: dict[str, str],
         version: int,
-    ) -> tuple[list[Op], list[DeadLetter]]:
-        """The bulk items of a batch, and the documents PostgreSQL could not build."""
+    ) -> tuple[list[Op], list[DeadLetter], set[str]]:
+        """The bulk items of a batch, the documents PostgreSQL could not build, and the
+        indexes whose binding broke (their changes went back to the outbox)."""
         ops: list[Op] = []
         unbuilt: list[DeadLetter] = []
+        stopped: set[str] = set()
         for alias, work in batches.plan(changes).items():
             with self._lock:
                 binding = self.bindings.get(alias)
@@ -587,7 +601,8 @@ class Worker:
                 # Only this index stops; its changes go back to wait for the fix.
                 store.requeue_changes([c for c in changes if c.index_name == alias])
                 self._pause(store, alias, str(exc))
-        return ops, unbuilt
+                stopped.add(alias)
+        return ops, unbuilt, stopped
 
     def _index_ops(
         self,
