@@ -331,11 +331,19 @@ class Worker:
 
     def _run_backfill(self, session: Store, binding: Binding) -> bool:
         """Write an index's existing rows beside live sync, resumably (an in-place rebuild)."""
+        # A writer of its own, with half the bulk slots (at least one): sharing the live
+        # writer's slots let a busy live sync starve the backfill past its read age.
+        writer = BulkWriter(
+            self.search,
+            concurrency=max(1, self.settings.bulk_concurrency // 2),
+            max_bytes=self.settings.bulk_max_bytes,
+            max_read_age=self.settings.max_read_age,
+        )
         reindexer = Reindexer(
             self.settings,
             self.search,
             {},
-            writer=self.writer,
+            writer=writer,
             stop=self._backfill_stop,
             # Progress goes to the log (reindex.progress), never as a bar among the logs.
             stream=io.StringIO(),
@@ -354,6 +362,7 @@ class Worker:
             return False
         finally:
             reindexer.close()
+            writer.close()
             with contextlib.suppress(IndexsyncError):
                 session.backfill_unlock(binding.alias)
             session.close()
