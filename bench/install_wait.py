@@ -27,6 +27,9 @@ from bench.procs import python_executable
 from bench.workload import Workspace
 
 _BASELINE_S = 3.0
+# The application's steady write rate: below what the search server takes, as a cluster
+# that keeps up would have it (a flood of writes would only measure the server's backlog).
+_WRITES_PER_S = 500.0
 
 
 class Updater:
@@ -46,10 +49,13 @@ class Updater:
         )
         with self.ws.connect() as conn:
             conn.execute("SET lock_timeout = '60s'")
+            next_at = time.monotonic()
             while not self.stop.is_set():
                 started = time.monotonic()
                 conn.execute(update, (rng.randint(1, self.rows),))
                 self.samples.append((started, time.monotonic() - started))
+                next_at += 1 / _WRITES_PER_S
+                time.sleep(max(0.0, next_at - time.monotonic()))
 
     def between(self, start: float, end: float) -> list[float]:
         """Statement times (ms) of statements started in [start, end)."""
