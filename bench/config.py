@@ -47,7 +47,7 @@ class BenchConfig:
     restart_load_s: float = 12.0
     restart_down_s: float = 1.0
     # `indexsync install` on a table this big while a client updates single rows.
-    install_wait_rows: int = 300_000
+    install_wait_rows: int = 50_000
     # Rows per transaction when loading: many small commits, like an application.
     load_tx_rows: int = 10
 
