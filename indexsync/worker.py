@@ -79,7 +79,6 @@ class Paused:
     reason: str
     failures: int = 0
     retry_at: float = 0.0
-    recorded: bool = False
     blocked: bool = False
 
 
@@ -418,8 +417,11 @@ class Worker:
                     state.retry_at = time.monotonic()
                     log.error("binding.paused", index=alias, reason=reason)
             state.reason = reason
+        self._record_pause(store, alias, reason)
+
+    def _record_pause(self, store: Store, alias: str, reason: str) -> None:
+        """Write why an index is paused, for status and /readyz; remembered for settling."""
         store.set_paused(alias, reason)
-        state.recorded = True
         with self._lock:
             self._recorded_pauses.add(alias)
 
@@ -455,14 +457,14 @@ class Worker:
                 state.reason = reason or f"index {alias!r}: no longer in the bindings file"
                 state.failures += 1
                 state.retry_at = now + backoff(state.failures, _PAUSE_MAX_DELAY)
-                if not state.recorded:
-                    store.set_paused(alias, state.reason)
-                    state.recorded = True
+                if alias not in self._recorded_pauses:
+                    self._record_pause(store, alias, state.reason)
                     log.error("binding.paused", index=alias, reason=state.reason)
                 continue
             with self._lock:
                 self.bindings[alias] = binding
                 del self._paused[alias]
+                self._recorded_pauses.discard(alias)
             store.set_paused(alias, None)
             log.info("binding.resumed", index=alias, after_failures=state.failures)
 
@@ -556,25 +558,22 @@ class Worker:
                 self._pause(store, alias, reason, blocked=True)
         landed_at = datetime.now(UTC)
         # Neither a blocked index nor one whose binding broke in this batch landed anything.
-        blocked = set(written.block_reasons) | stopped
-        cleared: list[str] = []
-        first: list[str] = []
+        landed = {change.index_name for change in changes} - set(written.block_reasons) - stopped
+        unblocked: list[str] = []
+        settle: list[str] = []
         with self._lock:
-            for change in changes:
-                if change.index_name not in blocked:
-                    self._succeeded[change.index_name] = landed_at
-                    if self._block_failures.pop(change.index_name, None) is not None:
-                        cleared.append(change.index_name)
-                    elif change.index_name not in self._landed_once:
-                        first.append(change.index_name)
-                    self._landed_once.add(change.index_name)
-        for alias in dict.fromkeys(first):
-            # A pause recorded by a worker before this one (one that stopped while the
-            # index was blocked or broken) ends with this worker's first batch that lands.
+            for alias in sorted(landed):
+                self._succeeded[alias] = landed_at
+                if self._block_failures.pop(alias, None) is not None:
+                    unblocked.append(alias)
+                elif alias not in self._landed_once:
+                    # A pause recorded by a worker before this one (one that stopped while
+                    # the index was blocked or broken) ends with this worker's first landing.
+                    settle.append(alias)
+                self._landed_once.add(alias)
+        for alias in [*unblocked, *settle]:
             store.set_paused(alias, None)
-        for alias in cleared:
-            # The block has lifted: status and /readyz stop naming it.
-            store.set_paused(alias, None)
+        for alias in unblocked:
             log.info("index.unblocked", index=alias)
         if time.monotonic() - self._progress_at >= _PROGRESS_EVERY:
             # From the batch, not only between drains: a long drain shows its progress.
