@@ -201,6 +201,12 @@ def run_sync_ceiling(
             found["floor_db_cpu_ms_per_1k"],
             {**cpu_inputs, "of": "the database's CPU while pgbench drained the same backlog"},
         )
+    if found["sink_cpu_ms_per_1k"] is not None:
+        results.add(
+            "null_sink_cpu_ms_per_1k",
+            found["sink_cpu_ms_per_1k"],
+            {**cpu_inputs, "of": "the null sink's own CPU: it shares the machine's cores"},
+        )
     results.details["sync_ceiling"] = found
 
 

@@ -1,10 +1,12 @@
 """Where a worker's CPU goes while it drains a backlog: `python -m bench.profile`.
 
-The same backlog as `make bench`'s sync figure (BENCH_SCALE applies), drained by one
+The same backlog as `make bench`'s sync figure (BENCH_SCALE applies), drained into the
+null sink (bench/null_sink.py, so that only the worker's own work shows) by one
 `indexsync run --until-idle` that runs under py-spy, sampling every thread 200 times a
-second without pausing it. py-spy leaves out threads that are waiting (on a socket, a lock,
-a sleep), so the samples add up to the worker's active time: set against the wall time of
-the drain, they say how far the worker itself is from being the bottleneck. The collapsed
+second without pausing it. Only the thread holding the GIL is sampled (`--gil`): psycopg's
+C waits look busy to py-spy's idle detection, so without it a lane waiting for PostgreSQL
+counts as work. The samples add up to the worker's Python time: set against the wall time
+of the drain, they say how far the worker itself is from being the bottleneck. The collapsed
 stacks are kept in bench/profile.txt (any flame graph tool reads them); the summary lists
 the frames with the most samples, on their own and with what they call.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from bench.config import BenchConfig
 from bench.console import say
 from bench.procs import ProcessGroup, python_executable
-from bench.servers import started
+from bench.servers import null_sink, started
 from bench.throughput import prepare_backlog
 from bench.workload import Workspace
 
@@ -56,7 +58,7 @@ def _summary(stacks: Path, wall_s: float, docs: int) -> str:
     active_s = total / _RATE_HZ
     lines = [
         f"{docs:,} changes drained in {wall_s:.1f} s ({docs / wall_s:,.0f} docs/s); "
-        f"the worker was active for {active_s:.1f} s of it ({active_s / wall_s:.0%} of one core)",
+        f"the worker held the GIL for {active_s:.1f} s of it ({active_s / wall_s:.0%} of one core)",
         "",
         f"frames with the most samples of their own (of {total:,}):",
     ]
@@ -83,6 +85,7 @@ def main() -> int:
                 f"--rate={_RATE_HZ}",
                 "--threads",
                 "--nonblocking",
+                "--gil",
                 "--format=raw",
                 f"--output={STACKS_PATH}",
                 "--",
@@ -92,10 +95,12 @@ def main() -> int:
                 "run",
                 "--until-idle",
             ]
-            begun = time.monotonic()
-            proc = procs.spawn(command, env=ws.env(), cwd=ws.root, stdout=log, stderr=log)
-            code = proc.wait(_TIMEOUT_S)
-            wall_s = time.monotonic() - begun
+            with null_sink(procs, workdir, servers.search_url) as sink:
+                begun = time.monotonic()
+                env = ws.env(elasticsearch_url=sink.url)
+                proc = procs.spawn(command, env=env, cwd=ws.root, stdout=log, stderr=log)
+                code = proc.wait(_TIMEOUT_S)
+                wall_s = time.monotonic() - begun
             log.close()
             if code != 0:
                 tail = (ws.root / "worker.log").read_text(errors="replace")[-3000:]

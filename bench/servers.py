@@ -23,7 +23,7 @@ from elasticsearch import Elasticsearch
 from psycopg import sql
 
 from bench.console import say
-from bench.cpu import postmaster_pid
+from bench.cpu import postmaster_pid, process_cpu_s
 from bench.procs import ProcessGroup, bench_module
 from indexsync.embedded import EmbeddedPostgres
 
@@ -172,8 +172,8 @@ def _embedded_search(procs: ProcessGroup, workdir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def null_sink(procs: ProcessGroup, workdir: Path, upstream: str) -> Iterator[str]:
-    """Run the null sink (bench/null_sink.py) in front of `upstream`; yields its URL."""
+def null_sink(procs: ProcessGroup, workdir: Path, upstream: str) -> Iterator[NullSink]:
+    """Run the null sink (bench/null_sink.py) in front of `upstream`."""
     log = (workdir / "null-sink.log").open("w", encoding="utf-8")
     command, env = bench_module("bench.null_sink")
     proc = procs.spawn(
@@ -185,7 +185,7 @@ def null_sink(procs: ProcessGroup, workdir: Path, upstream: str) -> Iterator[str
         if not line:
             proc.wait(_SEARCH_START_TIMEOUT_S)
             raise RuntimeError(f"the null sink failed to start; see {workdir / 'null-sink.log'}")
-        yield str(json.loads(line)["url"])
+        yield NullSink(str(json.loads(line)["url"]), proc.pid)
     finally:
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -194,10 +194,21 @@ def null_sink(procs: ProcessGroup, workdir: Path, upstream: str) -> Iterator[str
         log.close()
 
 
-def null_sink_stats(url: str) -> dict[str, int]:
-    """How many bulk requests and items the null sink has swallowed so far."""
-    with urllib.request.urlopen(f"{url}/_null_sink/stats", timeout=10) as response:
-        return dict(json.loads(response.read()))
+@dataclass(frozen=True)
+class NullSink:
+    """A running null sink: its URL, and its process (whose CPU is part of a drain's cost)."""
+
+    url: str
+    pid: int
+
+    def stats(self) -> dict[str, int]:
+        """How many bulk requests and items it has swallowed so far."""
+        with urllib.request.urlopen(f"{self.url}/_null_sink/stats", timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def cpu_s(self) -> float:
+        """CPU seconds it has used so far."""
+        return process_cpu_s(self.pid) or 0.0
 
 
 @contextlib.contextmanager

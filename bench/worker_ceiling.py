@@ -21,7 +21,7 @@ from bench import pg_floor, throughput
 from bench.console import say
 from bench.cpu import measured, process_cpu_s
 from bench.procs import Worker, python_executable
-from bench.servers import null_sink_stats
+from bench.servers import NullSink
 from bench.workload import Workspace
 
 _TIMEOUT_S = 1800.0
@@ -52,11 +52,12 @@ def _started_at(worker: Worker) -> float:
     raise RuntimeError(f"the worker logged no worker.started:\n{worker.log_tail()}")
 
 
-def drain_into_sink(ws: Workspace, sink: str, changes: int) -> dict[str, Any]:
+def drain_into_sink(ws: Workspace, sink: NullSink, changes: int) -> dict[str, Any]:
     """One worker drains the backlog into the null sink; its rate and both sides' CPU."""
-    sent_before = null_sink_stats(sink)["items"]
+    sent_before = sink.stats()["items"]
+    sink_cpu = sink.cpu_s()
     with measured(ws.servers.postmaster) as cpu:
-        worker = ws.worker(until_idle=True, settings={"elasticsearch_url": sink})
+        worker = ws.worker(until_idle=True, settings={"elasticsearch_url": sink.url})
         worker.wait_ready()
         startup_cpu = process_cpu_s(worker.proc.pid)
         code = worker.wait(_TIMEOUT_S)
@@ -64,7 +65,8 @@ def drain_into_sink(ws: Workspace, sink: str, changes: int) -> dict[str, Any]:
     if code != 0:
         raise RuntimeError(f"indexsync run --until-idle exited {code}:\n{worker.log_tail()}")
     left = ws.outbox_count()
-    sent = null_sink_stats(sink)["items"] - sent_before
+    sent = sink.stats()["items"] - sent_before
+    sink_cpu = sink.cpu_s() - sink_cpu
     if left or sent < changes:
         raise RuntimeError(f"drain incomplete: {left} changes left, {sent} items sent")
     seconds = ended - _started_at(worker)
@@ -80,6 +82,7 @@ def drain_into_sink(ws: Workspace, sink: str, changes: int) -> dict[str, Any]:
         "worker_startup_cpu_s": startup_cpu,
         "worker_drain_cpu_s": drain_cpu,
         "db_cpu_s": cpu.server_s,
+        "sink_cpu_s": sink_cpu,
         "batches": profile.get("batches"),
     }
 
@@ -89,7 +92,9 @@ def _median(rounds: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def measure_sync_ceiling(ws: Workspace, sink: str, changes: int, rounds: int) -> dict[str, Any]:
+def measure_sync_ceiling(
+    ws: Workspace, sink: NullSink, changes: int, rounds: int
+) -> dict[str, Any]:
     """Alternate worker drains into the sink with pgbench floors of the same backlog."""
     defaults = throughput.worker_defaults()
     sessions = defaults.bulk_concurrency + 1
@@ -113,6 +118,7 @@ def measure_sync_ceiling(ws: Workspace, sink: str, changes: int, rounds: int) ->
     per_1k = 1000.0 / total
     worker_cpu = _median(worker_rounds, "worker_drain_cpu_s")
     db_cpu = _median(worker_rounds, "db_cpu_s")
+    sink_cpu = _median(worker_rounds, "sink_cpu_s")
     floor_db_cpu = _median(floor_rounds, "db_cpu_s")
     return {
         "changes": total,
@@ -124,20 +130,22 @@ def measure_sync_ceiling(ws: Workspace, sink: str, changes: int, rounds: int) ->
         "worker_cpu_ms_per_1k": worker_cpu * 1000 * per_1k if worker_cpu is not None else None,
         "db_cpu_ms_per_1k": db_cpu * 1000 * per_1k if db_cpu is not None else None,
         "floor_db_cpu_ms_per_1k": floor_db_cpu * 1000 * per_1k if floor_db_cpu else None,
+        "sink_cpu_ms_per_1k": sink_cpu * 1000 * per_1k if sink_cpu is not None else None,
         "worker_rounds": worker_rounds,
         "floor_rounds": floor_rounds,
         "floor_script": pg_floor.script_text(floor_rounds[0]["script"]),
     }
 
 
-def reindex_into_sink(ws: Workspace, sink: str, rows: int) -> dict[str, Any]:
+def reindex_into_sink(ws: Workspace, sink: NullSink, rows: int) -> dict[str, Any]:
     """One `indexsync reindex` into the null sink; the rebuild's rate as it reports it."""
-    sent_before = null_sink_stats(sink)["items"]
+    sent_before = sink.stats()["items"]
+    sink_cpu = sink.cpu_s()
     with measured(ws.servers.postmaster) as cpu:
         started = time.monotonic()
         result = subprocess.run(
             [python_executable(), "-m", "indexsync", "reindex"],
-            env=ws.env(elasticsearch_url=sink),
+            env=ws.env(elasticsearch_url=sink.url),
             cwd=ws.root,
             capture_output=True,
             text=True,
@@ -148,7 +156,8 @@ def reindex_into_sink(ws: Workspace, sink: str, rows: int) -> dict[str, Any]:
         raise RuntimeError(
             f"indexsync reindex exited {result.returncode}:\n{result.stderr[-3000:]}"
         )
-    sent = null_sink_stats(sink)["items"] - sent_before
+    sent = sink.stats()["items"] - sent_before
+    sink_cpu = sink.cpu_s() - sink_cpu
     if sent < rows:
         raise RuntimeError(f"reindex into the null sink sent {sent} items for {rows} rows")
     done = _last_event(result.stderr, "reindex.done")
@@ -160,6 +169,7 @@ def reindex_into_sink(ws: Workspace, sink: str, rows: int) -> dict[str, Any]:
         "items_sent": sent,
         "cli_cpu_s": cpu.children_s,
         "db_cpu_s": cpu.server_s,
+        "sink_cpu_s": sink_cpu,
     }
 
 
@@ -174,7 +184,7 @@ def _last_event(log: str, name: str) -> dict[str, Any]:
 
 
 def measure_reindex_ceiling(
-    ws: Workspace, sink: str, rows: int, rounds: int, chunk_size: int
+    ws: Workspace, sink: NullSink, rows: int, rounds: int, chunk_size: int
 ) -> dict[str, Any]:
     """Alternate rebuilds into the sink with pgbench paging through the same table."""
     rebuilds: list[dict[str, Any]] = []

@@ -30,6 +30,8 @@ class BatchContext:
     version: int
     # alias -> physical index being rebuilt beside it
     rebuilds: dict[str, str]
+    # Whether any dead letter exists (if not, the batch has none to clear).
+    dead_letters: bool = True
 
 
 @dataclass(frozen=True)

@@ -340,8 +340,10 @@ class Store:
     def batch_context(self) -> BatchContext:
         """The version of this batch's writes, and the rebuild target of each alias."""
         rows = self._tuples(queries.get("batch_context"), {}, prepare=True)
-        version, aliases, targets = rows[0]
-        return BatchContext(int(version), dict(zip(aliases, targets, strict=True)))
+        version, aliases, targets, dead_letters = rows[0]
+        return BatchContext(
+            int(version), dict(zip(aliases, targets, strict=True)), bool(dead_letters)
+        )
 
     def requeue_changes(self, changes: Sequence[Change]) -> None:
         """Put claimed changes back unchanged (their claim is being acknowledged)."""

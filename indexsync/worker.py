@@ -545,9 +545,10 @@ class Worker:
             written.dead.extend(unbuilt)
             # Older dead letters of these documents are obsolete: they landed since, or
             # failed again and get a fresh letter just below.
-            settled = _settled(ops, written)
-            settled.update({(d.index_name, d.doc_id): version for d in unbuilt})
-            store.clear_dead_letters(settled)
+            if context.dead_letters:
+                settled = _settled(ops, written)
+                settled.update({(d.index_name, d.doc_id): version for d in unbuilt})
+                store.clear_dead_letters(settled)
             store.add_dead_letters(written.dead)
             # Items refused for too long go back into the outbox for a later batch.
             store.requeue({(op.alias, op.doc_id) for op in written.deferred})

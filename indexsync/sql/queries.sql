@@ -113,11 +113,14 @@ RETURNING seq, index_name, doc_id, kind, source;
 SELECT EXISTS (SELECT FROM indexsync.outbox WHERE index_name <> ALL(%(paused)s::text[]));
 
 -- name: batch_context
--- The batch's version, drawn after its claim and before its re-read, and the rebuilds in
--- progress (in-place rebuilds write through the alias already, so they need no second target).
+-- The batch's version, drawn after its claim and before its re-read, the rebuilds in
+-- progress (in-place rebuilds write through the alias already, so they need no second
+-- target), and whether any dead letter exists: without one, the batch has none to clear,
+-- and skips a statement that would ship every id of the batch for nothing.
 SELECT nextval('indexsync.change_seq') AS version,
        ARRAY(SELECT alias FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS aliases,
-       ARRAY(SELECT target FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS targets;
+       ARRAY(SELECT target FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS targets,
+       EXISTS (SELECT FROM indexsync.dead_letters) AS dead_letters;
 
 -- name: requeue_changes
 -- Claimed changes handed back as they were: kind and source matter (a dependent key, a
