@@ -67,15 +67,23 @@ class IndexSpec(BaseModel):
     columns: list[str] | None = None
     where: str | None = None
     query: str | None = Field(default=None, min_length=1)
+    # With `query`: the root table's columns the query reads. An UPDATE that changes none of
+    # them (nor the key) is then not captured; without it every UPDATE is.
+    root_columns: list[str] | None = None
     depends: list[DependSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _query_or_columns(self) -> IndexSpec:
         if self.query is not None and self.columns is not None:
             raise ValueError("'query' replaces 'columns': give one or the other")
+        if self.root_columns is not None and self.query is None:
+            raise ValueError(
+                "'root_columns' only goes with 'query' (with 'columns' or the whole row, "
+                "indexsync knows which columns a document reads)"
+            )
         return self
 
-    @field_validator("columns")
+    @field_validator("columns", "root_columns")
     @classmethod
     def _columns_not_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
@@ -237,6 +245,10 @@ class Binding:
     where: str | None
     query: str | None = None
     depends: tuple[Dependency, ...] = ()
+    # Which UPDATEs of the root table the index can see: None, every one (a `query` that did
+    # not declare its root columns); () any that changes the row at all; otherwise one that
+    # changes one of these columns (the key, the listed columns and those `where` reads).
+    watch: tuple[str, ...] | None = None
 
     def dependency(self, source: str) -> Dependency | None:
         """The dependency whose outbox rows carry `source`."""

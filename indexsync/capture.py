@@ -48,7 +48,7 @@ DECLARE
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
         {on_truncate}
-    ELSE
+    ELSE{unchanged}
         IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
             new_id := {new_id};
             IF new_id IS NOT NULL THEN
@@ -68,6 +68,19 @@ BEGIN
     RETURN NULL;
 END
 """
+
+# An UPDATE that changed none of the columns the index reads records nothing. The columns
+# are looked up by name in the rows' JSON rather than as OLD.col: a PL/pgSQL reference to
+# a column fails every write once the column is dropped, and one in a trigger's WHEN
+# clause would forbid dropping it or changing its type. A dropped column reads as NULL on
+# both sides. Compared as text, so that 1.0 -> 1.00 still counts as a change.
+_UNCHANGED: LiteralString = """
+        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
+                AND ARRAY[{old}] OPERATOR(pg_catalog.=) ARRAY[{new}] THEN
+            RETURN NULL;
+        END IF;"""
+
+_WHEN_CHANGED: LiteralString = "WHEN (NOT (OLD OPERATOR(pg_catalog.*=) NEW)) "
 
 _TRUNCATE_MARKER: LiteralString = (
     "INSERT INTO indexsync.outbox (index_name, doc_id, kind) VALUES ({alias}, NULL, 't');"
@@ -125,6 +138,9 @@ class Capture:
     kind: str
     source: str | None
     watch: tuple[str, ...] | None
+    # Which UPDATEs are worth recording (Binding.watch): None every one, () those that change
+    # the row, otherwise those that change one of these columns.
+    changes: tuple[str, ...] | None = None
 
     def per_statement(self, mode: str) -> bool:
         """Whether this capture uses statement-level triggers under `mode`.
@@ -152,6 +168,7 @@ def captures(binding: Binding) -> list[Capture]:
             KIND_DOC,
             None,
             None,
+            binding.watch,
         )
     ]
     for dep in binding.depends:
@@ -197,7 +214,22 @@ def function_body(
             distinct=sql.SQL("DISTINCT " if capture.source is not None else ""),
             notify=sql.SQL(_NOTIFY_IF_FOUND if notify else ""),
         )
-    return sql.SQL(_FUNCTION_BODY).format(**common, notify=sql.SQL(_NOTIFY if notify else ""))
+    unchanged: sql.Composable = sql.SQL("")
+    if capture.changes:
+
+        def values(rel: str) -> sql.Composable:
+            doc = sql.SQL("pg_catalog.to_jsonb({})").format(sql.SQL(rel))
+            return sql.SQL(", ").join(
+                sql.SQL("({} OPERATOR(pg_catalog.->) {})::pg_catalog.text").format(
+                    doc, sql.Literal(col)
+                )
+                for col in capture.changes or ()
+            )
+
+        unchanged = sql.SQL(_UNCHANGED).format(old=values("OLD"), new=values("NEW"))
+    return sql.SQL(_FUNCTION_BODY).format(
+        **common, unchanged=unchanged, notify=sql.SQL(_NOTIFY if notify else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -235,10 +267,16 @@ def trigger_ddl(
         ).format(fn=fn, body=sql.Literal(body))
         triggers = []
         for level, each, what, referencing in _trigger_events(capture, mode):
+            when = _WHEN_CHANGED if level == "u" and each == "ROW" else ""
             definition = sql.SQL(
-                "AFTER {what} ON {table} {referencing}FOR EACH {each} EXECUTE FUNCTION {fn}()"
+                "AFTER {what} ON {table} {referencing}FOR EACH {each} {when}EXECUTE FUNCTION {fn}()"
             ).format(
-                what=what, table=table, referencing=sql.SQL(referencing), each=sql.SQL(each), fn=fn
+                what=what,
+                table=table,
+                referencing=sql.SQL(referencing),
+                each=sql.SQL(each),
+                when=sql.SQL(when),
+                fn=fn,
             )
             text = store.render(definition)
             # At most 63 bytes, or PostgreSQL would cut the name and never match it again.
@@ -269,6 +307,15 @@ def _trigger_events(
                 "REFERENCING OLD TABLE AS indexsync_old NEW TABLE AS indexsync_new ",
             ),
             ("d", "STATEMENT", sql.SQL("DELETE"), "REFERENCING OLD TABLE AS indexsync_old "),
+            truncate,
+        ]
+    if capture.changes is not None:
+        # Identical rows are told apart by their binary images (`*=`, which works for every
+        # type, json included), in C before the function is even called. A whole-row
+        # reference depends on no single column, so it never holds back a migration.
+        return [
+            ("r", "ROW", sql.SQL("INSERT OR DELETE"), ""),
+            ("u", "ROW", sql.SQL("UPDATE"), ""),
             truncate,
         ]
     events: sql.Composable = sql.SQL("INSERT OR UPDATE OR DELETE")

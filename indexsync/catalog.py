@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from psycopg import sql
@@ -160,7 +161,66 @@ def _resolve_one(
         _check_where(store, binding, here)
     if spec.query is not None:
         _check_query(store, binding, here)
+    if spec.root_columns is not None:
+        if strict:
+            _unknown(spec.root_columns, root, f"{here} key 'root_columns'")
+        read = [c for c in spec.root_columns if c in root.columns]
+        return replace(binding, watch=_watched(store, binding, root, read))
+    if spec.query is None:
+        listed = list(columns) if columns is not None else None
+        return replace(binding, watch=_watched(store, binding, root, listed))
     return binding
+
+
+def _watched(
+    store: Store, binding: Binding, root: _Table, read: list[str] | None
+) -> tuple[str, ...]:
+    """The root columns whose change the index can see; () for any change of the row.
+
+    `read` is what the documents read (None: the whole row). The key always counts, and so
+    does every column `where` reads, or the whole row when that cannot be told for sure.
+    """
+    if read is None:
+        return ()
+    found = [*binding.key.columns, *read]
+    if binding.where is not None:
+        in_where = _where_columns(store, binding, root)
+        if in_where is None:
+            return ()
+        found += in_where
+    return tuple(dict.fromkeys(found))
+
+
+def _quoted_forms(name: str) -> set[str]:
+    # EXPLAIN prints a name bare or double-quoted (keywords, capitals); either may be it.
+    return {name, '"' + name.replace('"', '""') + '"'}
+
+
+def _where_columns(store: Store, binding: Binding, root: _Table) -> list[str] | None:
+    """The root columns `where` reads, from PostgreSQL's own plan of it; None when unsure.
+
+    Unsure means a whole-row reference (a function given the row) or a plan that cannot be
+    read: the capture then compares whole rows, which never misses a change.
+    """
+    assert binding.where is not None
+    query = sql.SQL("SELECT FROM {} WHERE ({})").format(binding.table_ident, sql.SQL(binding.where))
+    try:
+        plan = store.plan_text(query)
+    except QueryFailed:
+        return None
+    # Expressions follow "Filter: ", "Index Cond: " and the like; node titles have no colon.
+    exprs = "\n".join(line.split(": ", 1)[1] for line in plan.splitlines() if ": " in line)
+    found = []
+    for rel in _quoted_forms(root.table):
+        refs = re.finditer(rf'(?<![\w"$.]){re.escape(rel)}(?![\w"$])(\.(\*)?)?', exprs)
+        for ref in refs:
+            if ref.group(1) is None or ref.group(2) is not None:
+                return None  # the whole row
+    for column in root.columns:
+        forms = {f"{r}.{c}" for r in _quoted_forms(root.table) for c in _quoted_forms(column)}
+        if any(form in exprs for form in forms):
+            found.append(column)
+    return found
 
 
 def _check_query(store: Store, binding: Binding, where: str) -> None:

@@ -283,6 +283,13 @@ class Store:
             cur.execute(query, prepare=True)
             return [col.name for col in cur.description or []]
 
+    def plan_text(self, query: sql.Composed) -> str:
+        """EXPLAIN (VERBOSE) of user SQL that takes no parameters, as text."""
+        explain = sql.SQL("EXPLAIN (VERBOSE, COSTS OFF) {}").format(query)
+        with translated(), self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute(explain, prepare=True)
+            return "\n".join(str(row[0]) for row in cur.fetchall())
+
     def explain_reread(self, binding: Binding) -> str:
         """The plan of the live re-read with sequential scans priced out."""
         with self.transaction():
