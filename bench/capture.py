@@ -9,6 +9,12 @@ index, no sequence. It shows what is left to win, and what is physics. Two other
 shapes run indexsync's work too: its body from a BEFORE trigger, and `split_when`, per-event
 functions that branch on nothing because the trigger's WHEN clause picks the event. A second
 part times batch jobs: one UPDATE of every row, and one INSERT of as many.
+
+A third part (`python -m bench.capture skip` runs it alone) prices capturing only what the
+index can see: a counter no document reads, and then a column the documents do read, are
+updated on a table whose binding lists its columns (the trigger skips the first kind), on
+one bound through a `query` without `root_columns` (every UPDATE recorded, as before the
+skip existed), and on one without any trigger.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from bench.workload import INSERT_RANGE, Workspace
 from bench.writes import _SCRIPT, FLOOR_INDEXED_LOG, FLOOR_INDEXED_TRIGGER, Pgbench
 
 RESULTS_PATH = Path(__file__).resolve().parent / "capture-results.json"
+SKIP_RESULTS_PATH = Path(__file__).resolve().parent / "capture-skip-results.json"
 
 # The same outbox rows as indexsync's row capture, from per-event functions that branch on
 # nothing: the trigger's WHEN clause (evaluated in C) picks the event and skips NULL keys.
@@ -223,15 +230,108 @@ def _bulk(spaces: dict[str, Workspace], tables: dict[str, str], rows: int) -> di
     return result
 
 
+# Bound tables of the skip part: (binding, what an UPDATE of an unread column costs it).
+_SKIP_COLUMNS = ["id", "title", "body", "author", "tags"]
+_SKIP_TABLES = {
+    "skip_none": None,
+    "skip_columns": f"columns = {json.dumps(_SKIP_COLUMNS)}",
+    "skip_query_every_update": (
+        "query = \"SELECT t.id, jsonb_build_object('title', t.title, 'body', t.body) AS doc "
+        'FROM {table} t"'
+    ),
+}
+_SKIP_SCRIPTS = {
+    # A counter no document reads: the columns binding skips it.
+    "unread_column": _SCRIPT,
+    # A column the documents read: both bindings record it; the skip's check is extra work.
+    "read_column": (
+        "\\set id random(1, :rows)\n"
+        "UPDATE {table} SET title = 'Post ' || :id || ' ' || md5(random()::text) WHERE id = :id;\n"
+    ),
+}
+
+
+def _measure_skip(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
+    """pgbench UPDATEs of an unread and of a read column, with and without the skip."""
+    lines = []
+    for table, spec in _SKIP_TABLES.items():
+        ws.create_table(table)
+        if spec is not None:
+            alias = ws.servers.index_name(table)
+            lines += [f"[indexes.{alias}]", f'table = "{table}"', spec.format(table=table), ""]
+    (ws.root / "indexsync.toml").write_text("\n".join(lines), encoding="utf-8")
+    ws.cli("install", "--no-backfill", notify="false")
+    found: dict[str, Any] = {}
+    for table in _SKIP_TABLES:
+        ws.insert_range(1, cfg.tps_rows, table=table)
+        ws.sql(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+    for script_name, script in _SKIP_SCRIPTS.items():
+        tps: dict[str, list[float]] = {table: [] for table in _SKIP_TABLES}
+        recorded: dict[str, list[int]] = {table: [] for table in _SKIP_TABLES}
+        bench = Pgbench(
+            ws.servers.pgbench, ws.database_url, cfg.tps_rows, cfg.tps_clients, cfg.tps_round_s
+        )
+        for n in range(_ROUNDS):
+            for table in _SKIP_TABLES:
+                path = ws.root / f"{script_name}_{table}.sql"
+                path.write_text(script.format(table=table), encoding="ascii")
+                ws.sql("TRUNCATE indexsync.outbox")
+                tps[table].append(bench.run(path))
+                recorded[table].append(int(ws.sql("SELECT count(*) FROM indexsync.outbox")[0][0]))
+            say(
+                f"  skip {script_name} round {n + 1}/{_ROUNDS}: "
+                + ", ".join(f"{t} {v[-1]:,.0f}" for t, v in tps.items())
+            )
+        base = statistics.median(tps["skip_none"])
+        found[script_name] = {
+            table: {
+                "tps": round(statistics.median(values)),
+                "ratio": round(statistics.median(values) / base, 3),
+                # pgbench runs whole seconds; its TPS times them is the UPDATEs it ran.
+                "outbox_rows_per_update": round(
+                    statistics.median(
+                        rows / (v * max(1, round(cfg.tps_round_s)))
+                        for rows, v in zip(recorded[table], values, strict=True)
+                    ),
+                    3,
+                ),
+                "rounds": [round(v) for v in values],
+            }
+            for table, values in tps.items()
+        }
+    found["script"] = {name: s.format(table="<table>") for name, s in _SKIP_SCRIPTS.items()}
+    found["bindings"] = {t: spec for t, spec in _SKIP_TABLES.items()}
+    return found
+
+
+def _print_skip(found: dict[str, Any]) -> None:
+    print(f"{'update of':<16} {'table':<26} {'tps':>8} {'ratio':>6} {'outbox rows/update':>19}")
+    for script_name in _SKIP_SCRIPTS:
+        for table, row in found[script_name].items():
+            print(
+                f"{script_name:<16} {table:<26} {row['tps']:>8,} {row['ratio']:>6.3f}"
+                f" {row['outbox_rows_per_update']:>19.2f}"
+            )
+
+
 def main() -> int:
     """Measure every variant in both commit modes; print a table, write capture-results.json."""
     cfg = BenchConfig.from_env()
+    only_skip = sys.argv[1:] == ["skip"]
     workdir = Path(tempfile.mkdtemp(prefix="indexsync-capture-"))
     try:
         with ProcessGroup() as procs, started(procs, workdir) as servers:
+            skip_ws = Workspace.create("capture_skip", servers, procs, workdir)
+            skip = _measure_skip(skip_ws, cfg)
+            if only_skip:
+                _print_skip(skip)
+                SKIP_RESULTS_PATH.write_text(json.dumps(skip, indent=2) + "\n", encoding="utf-8")
+                print(f"wrote {SKIP_RESULTS_PATH}", file=sys.stderr)
+                return 0
             ws = Workspace.create("capture", servers, procs, workdir)
             per_statement = Workspace.create("capture_statement", servers, procs, workdir)
             found = _measure(ws, per_statement, cfg)
+            found["skip_unseen_updates"] = skip
             settings = servers.pg_settings
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -262,6 +362,8 @@ def main() -> int:
             f" {ins['seconds']:>6.2f}s x{ins['slowdown']}"
         )
     print(f"bulk: one statement over {bulk['rows_per_statement']:,} rows, median of {_BULK_ROUNDS}")
+    print()
+    _print_skip(found["skip_unseen_updates"])
     print(f"wrote {RESULTS_PATH}", file=sys.stderr)
     return 0
 

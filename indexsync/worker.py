@@ -531,6 +531,7 @@ class Worker:
             changes = store.claim(self.settings.batch_size, self.paused())
             if not changes:
                 return 0
+            claimed_at = time.monotonic()
             # Drawn after the claim and before the re-read, so a larger version always
             # carries a newer read (see the README's design notes). Rebuilds are read
             # here too, never before the claim: the claim gave this transaction an xid,
@@ -579,7 +580,7 @@ class Worker:
         if time.monotonic() - self._progress_at >= _PROGRESS_EVERY:
             # From the batch, not only between drains: a long drain shows its progress.
             self._flush_progress(store)
-        self._account(changes, ops, written, started, read_at)
+        self._account(changes, ops, written, started, claimed_at, read_at)
         return len(changes)
 
     def _build_ops(
@@ -680,6 +681,7 @@ class Worker:
         ops: Sequence[Op],
         written: WriteResult,
         started: float,
+        claimed_at: float,
         read_at: float,
     ) -> None:
         """One pass over the batch for the totals, the `batch.done` event and the metrics."""
@@ -721,6 +723,8 @@ class Worker:
             deleted=deleted,
             dead_letters=len(written.dead),
             requeued=len(written.deferred),
+            # The claim alone: a bloated outbox shows here first.
+            claim_ms=round((claimed_at - started) * 1000, 1),
             read_ms=round((read_at - started) * 1000, 1),
             write_ms=round((now - read_at) * 1000, 1),
         )

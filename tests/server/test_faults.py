@@ -66,7 +66,7 @@ def posts_env(env: Env, rows: int, seed: int, where: str = fk.WHERE) -> Env:
     fk.seed_rows(env, rows, seed)
     env.bindings(fk.posts_binding(env, where=where))
     env.install("--no-backfill")
-    env.sql("UPDATE posts SET views = views")
+    env.sql("UPDATE posts SET views = views + 1")
     return env
 
 
