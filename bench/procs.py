@@ -37,10 +37,19 @@ class ProcessGroup:
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
         text: bool = True,
+        new_session: bool = False,
     ) -> subprocess.Popen[Any]:
-        """Start a child process and remember it."""
+        """Start a child process and remember it (in a session of its own if asked, so that
+        a signal can reach every process it starts)."""
         proc: subprocess.Popen[Any] = subprocess.Popen(
-            list(args), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=text
+            list(args),
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=text,
+            start_new_session=new_session,
         )
         self._procs.append(proc)
         return proc

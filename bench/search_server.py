@@ -4,7 +4,8 @@ The bench drives the server with elasticsearch-py, which needs the proxy's media
 rewriting; indexsync itself detects the engine through it like any other server. The proxy
 is Python on an asyncio thread; hosted inside the benchmark process it would compete for
 the GIL with the load generators and distort every figure.
-Prints one JSON line with the URL, then runs until standard input closes or SIGTERM.
+Prints one JSON line with the URL, then runs until standard input closes or SIGTERM. With
+`--direct`, osmem is served as it is (an OpenSearch server), without the proxy.
 """
 
 from __future__ import annotations
@@ -41,12 +42,20 @@ def main() -> int:
             pass
         stop.set()
 
-    with EmbeddedSearch() as search, CompatProxy(search.url, engine="elasticsearch-9") as proxy:
-        print(json.dumps({"url": proxy.url, "upstream_url": search.url}), flush=True)
-        threading.Thread(target=wait_for_eof, name="stdin-eof", daemon=True).start()
-        # A timed wait keeps the main thread responsive to signals.
-        while not stop.wait(0.5):
-            pass
+    with EmbeddedSearch() as search:
+        if "--direct" in sys.argv[1:]:
+            # As an OpenSearch server: what a peer tool in OpenSearch mode talks to.
+            print(json.dumps({"url": search.url, "upstream_url": search.url}), flush=True)
+            threading.Thread(target=wait_for_eof, name="stdin-eof", daemon=True).start()
+            while not stop.wait(0.5):
+                pass
+            return 0
+        with CompatProxy(search.url, engine="elasticsearch-9") as proxy:
+            print(json.dumps({"url": proxy.url, "upstream_url": search.url}), flush=True)
+            threading.Thread(target=wait_for_eof, name="stdin-eof", daemon=True).start()
+            # A timed wait keeps the main thread responsive to signals.
+            while not stop.wait(0.5):
+                pass
     return 0
 
 

@@ -143,11 +143,12 @@ def _search_kind(url: str) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _embedded_search(procs: ProcessGroup, workdir: Path) -> Iterator[str]:
+def embedded_search(procs: ProcessGroup, workdir: Path, *, direct: bool = False) -> Iterator[str]:
+    """Run osmem in its own process (behind the Elasticsearch proxy unless `direct`)."""
     log = (workdir / "search-server.log").open("w", encoding="utf-8")
     command, env = bench_module("bench.search_server")
     proc = procs.spawn(
-        command,
+        [*command, "--direct"] if direct else command,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -240,7 +241,7 @@ def started(procs: ProcessGroup, workdir: Path) -> Iterator[Servers]:
             search_url = external_search
             say("search: using INDEXSYNC_TEST_ELASTICSEARCH_URL")
         else:
-            search_url = stack.enter_context(_embedded_search(procs, workdir))
+            search_url = stack.enter_context(embedded_search(procs, workdir))
             say(f"search: embedded osmem behind the compat proxy, {search_url}")
         kind, version = _search_kind(search_url)
         servers = Servers(
