@@ -185,7 +185,7 @@ def test_status_gauges_follow_rebuilds_and_removed_indexes() -> None:
 def test_observe_status_reads_the_real_outbox(env: Env) -> None:
     alias = articles(env, rows=20)
     env.install("--no-backfill")
-    env.sql("UPDATE articles SET title = title || ''")  # 24 changes queued
+    env.sql("UPDATE articles SET title = title || '!'")  # 24 changes queued
     metrics = Metrics(process_metrics=False)
     with Store.connect(env.settings()) as store:
         metrics.observe_status(collect(store, [alias]))
@@ -355,7 +355,7 @@ def test_readyz_reports_a_stalled_backlog_until_the_worker_drains_it(
 ) -> None:
     alias = articles(env, rows=10)
     env.install("--no-backfill")
-    env.sql("UPDATE articles SET title = title || ''")  # 14 changes queued
+    env.sql("UPDATE articles SET title = title || '!'")  # 14 changes queued
     with Monitor(
         connect=_connector(env),
         aliases=[alias],
