@@ -208,16 +208,21 @@ def _where_columns(store: Store, binding: Binding, root: _Table) -> list[str] | 
         plan = store.plan_text(query)
     except QueryFailed:
         return None
+    return columns_in_plan(plan, root.table, list(root.columns))
+
+
+def columns_in_plan(plan: str, table: str, columns: list[str]) -> list[str] | None:
+    """The columns of `table` an EXPLAIN VERBOSE text reads; None for a whole-row use."""
     # Expressions follow "Filter: ", "Index Cond: " and the like; node titles have no colon.
     exprs = "\n".join(line.split(": ", 1)[1] for line in plan.splitlines() if ": " in line)
-    found = []
-    for rel in _quoted_forms(root.table):
+    for rel in _quoted_forms(table):
         refs = re.finditer(rf'(?<![\w"$.]){re.escape(rel)}(?![\w"$])(\.(\*)?)?', exprs)
         for ref in refs:
             if ref.group(1) is None or ref.group(2) is not None:
                 return None  # the whole row
-    for column in root.columns:
-        forms = {f"{r}.{c}" for r in _quoted_forms(root.table) for c in _quoted_forms(column)}
+    found = []
+    for column in columns:
+        forms = {f"{r}.{c}" for r in _quoted_forms(table) for c in _quoted_forms(column)}
         if any(form in exprs for form in forms):
             found.append(column)
     return found
