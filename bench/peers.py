@@ -399,6 +399,7 @@ def measure_restart(tool: Tool, osmem: Osmem, cfg: PeersConfig, first_id: int) -
     compared = _compare(osmem, tool)
     found: dict[str, Any] = dict(compared)
     found["killed_at_s"] = round(killed_at, 1)
+    found["running_at_the_end"] = tool.alive()
     found["settled_after_s"] = round(time.monotonic() - started, 1)
     say(f"peers {tool.name}: after SIGKILL and restart: {found}")
     return found
@@ -492,6 +493,7 @@ def run(cfg: PeersConfig, workdir: Path) -> dict[str, Any]:
                 table=TABLE,
                 index="peers_pgsync",
                 columns=COLUMNS,
+                request_timeout=Settings.model_construct().elasticsearch_request_timeout,
             )
             peer.bootstrap()
             theirs = PgSyncTool(peer, theirs_url, osmem)
@@ -521,6 +523,7 @@ def run(cfg: PeersConfig, workdir: Path) -> dict[str, Any]:
             results.details["write_tps"] = tps
             results.details["pgsync_version"] = pgsync_peer.installed_version(binaries)
             results.details["pgsync_log_tail"] = peer.log_tail(1500)
+            results.details["pgsync_tracebacks_in_log"] = peer.crashes()
             with contextlib.suppress(RuntimeError):
                 peer.teardown()
         finally:

@@ -32,7 +32,8 @@ PGSYNC_VERSION = "7.3"
 
 def venv_bin() -> Path:
     """The peers virtualenv's bin folder; fails with the command that makes it."""
-    root = Path(os.environ.get(VENV_ENV) or DEFAULT_VENV)
+    # Absolute: PGSync runs from a folder of its own.
+    root = Path(os.environ.get(VENV_ENV) or DEFAULT_VENV).absolute()
     binaries = root / "bin"
     for name in ("pgsync", "bootstrap", "redis-server"):
         if not (binaries / name).exists():
@@ -101,6 +102,7 @@ class PgSync:
         table: str,
         index: str,
         columns: list[str],
+        request_timeout: float,
     ) -> None:
         """Write the schema file; nothing runs yet."""
         self._procs = procs
@@ -140,6 +142,10 @@ class PgSync:
             REDIS_HOST="127.0.0.1",
             REDIS_PORT=str(redis_port),
             CHECKPOINT_PATH=str(root),
+            # The same patience with a slow bulk answer as indexsync's default: PGSync's own
+            # 10 s default lets an in-memory server's merge stall crash its daemon, and the
+            # comparison is about sync, not about that.
+            ELASTICSEARCH_TIMEOUT=str(request_timeout),
             # PGSync runs from its own folder: no stray .env file may reach its settings.
             PYTHONUNBUFFERED="1",
         )
@@ -205,6 +211,13 @@ class PgSync:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
+
+    def crashes(self) -> int:
+        """Tracebacks in its log so far."""
+        try:
+            return self._log.read_text(errors="replace").count("Traceback (most recent call")
+        except OSError:
+            return 0
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of its log."""
