@@ -15,9 +15,14 @@ Only one tool runs at a time, so neither pays for the other's work. The loads:
   triggers / TPS without;
 - `restart`: rows inserted (10 per transaction) and updated at a steady rate while the tool
   runs; it is SIGKILLed a third of the way in and restarted a second later. After the load
-  the index is compared with the table once it has settled (it counts every row and has
-  not changed for 5 s, or 120 s passed): documents missing, stale (an older `n` or
-  `title`), or extra.
+  the index is compared with the table once it has settled (equal to it; or counting every
+  row and unchanged for 5 s; or unchanged for 30 s; or 120 s passed): documents missing,
+  stale (an older `n` or `title`), or extra, and the seconds from the load's start until
+  the index was equal to the table.
+
+PGSync runs with its defaults except one: `ELASTICSEARCH_TIMEOUT` is indexsync's own
+request timeout (30 s) rather than PGSync's 10 s, which an osmem merge stall can exceed and
+which then crashes its daemon mid-sync.
 
 Writes bench/peers.json and prints a table. BENCH_SCALE shrinks every size.
 """
@@ -514,6 +519,9 @@ def run(cfg: PeersConfig, workdir: Path) -> dict[str, Any]:
                     results.add("restart_missing", tool.name, restart["missing"])
                     results.add("restart_stale", tool.name, restart["stale"])
                     results.add("restart_extra", tool.name, restart["extra"])
+                    results.add(
+                        "restart_seconds_until_in_sync", tool.name, restart["settled_after_s"]
+                    )
                     results.details.setdefault("restart", {})[tool.name] = restart
                 finally:
                     tool.stop()
@@ -539,6 +547,7 @@ _HIGHER_IS_BETTER = {
     "restart_missing": False,
     "restart_stale": False,
     "restart_extra": False,
+    "restart_seconds_until_in_sync": False,
 }
 
 
