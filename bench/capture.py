@@ -170,17 +170,22 @@ def _measure(ws: Workspace, per_statement: Workspace, cfg: BenchConfig) -> dict[
                 f"  {mode} round {n + 1}/{_ROUNDS}: "
                 + ", ".join(f"{name} {values[-1]:,.0f}" for name, values in tps.items())
             )
-        base = statistics.median(tps["none"])
-        found[mode] = {
-            name: {
-                "tps": round(statistics.median(values)),
-                "ratio": round(statistics.median(values) / base, 3),
-                "rounds": [round(v) for v in values],
-            }
-            for name, values in tps.items()
-        }
+        found[mode] = _medians(tps, "none")
     found["bulk_statements"] = _bulk(spaces, tables, cfg.tps_rows)
     return found
+
+
+def _medians(tps: dict[str, list[float]], base_name: str) -> dict[str, dict[str, Any]]:
+    """Each variant's median TPS, its ratio to `base_name`'s, and its rounds."""
+    base = statistics.median(tps[base_name])
+    return {
+        name: {
+            "tps": round(statistics.median(values)),
+            "ratio": round(statistics.median(values) / base, 3),
+            "rounds": [round(v) for v in values],
+        }
+        for name, values in tps.items()
+    }
 
 
 def _empty_logs(ws: Workspace, per_statement: Workspace) -> None:
@@ -282,23 +287,16 @@ def _measure_skip(ws: Workspace, cfg: BenchConfig) -> dict[str, Any]:
                 f"  skip {script_name} round {n + 1}/{_ROUNDS}: "
                 + ", ".join(f"{t} {v[-1]:,.0f}" for t, v in tps.items())
             )
-        base = statistics.median(tps["skip_none"])
-        found[script_name] = {
-            table: {
-                "tps": round(statistics.median(values)),
-                "ratio": round(statistics.median(values) / base, 3),
-                # pgbench runs whole seconds; its TPS times them is the UPDATEs it ran.
-                "outbox_rows_per_update": round(
-                    statistics.median(
-                        rows / (v * max(1, round(cfg.tps_round_s)))
-                        for rows, v in zip(recorded[table], values, strict=True)
-                    ),
-                    3,
+        found[script_name] = _medians(tps, "skip_none")
+        for table, values in tps.items():
+            # pgbench runs whole seconds; its TPS times them is the UPDATEs it ran.
+            found[script_name][table]["outbox_rows_per_update"] = round(
+                statistics.median(
+                    rows / (v * max(1, round(cfg.tps_round_s)))
+                    for rows, v in zip(recorded[table], values, strict=True)
                 ),
-                "rounds": [round(v) for v in values],
-            }
-            for table, values in tps.items()
-        }
+                3,
+            )
     found["script"] = {name: s.format(table="<table>") for name, s in _SKIP_SCRIPTS.items()}
     found["bindings"] = {t: spec for t, spec in _SKIP_TABLES.items()}
     return found

@@ -35,7 +35,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,7 +53,7 @@ from psycopg import sql
 from bench import pgsync_peer
 from bench.config import BenchConfig
 from bench.console import say
-from bench.procs import ProcessGroup, Worker, python_executable
+from bench.procs import ProcessGroup, Worker, python_executable, run_checked
 from bench.servers import PRODUCTION_DURABILITY, embedded_search
 from bench.workload import INSERT_RANGE, MAPPING, TABLE, TABLE_DDL, clean_environment
 from bench.writes import _SCRIPT, Pgbench
@@ -185,16 +184,8 @@ class Indexsync:
 
     def install(self) -> None:
         """`indexsync install` (the table is empty: nothing to backfill)."""
-        result = subprocess.run(
-            [python_executable(), "-m", "indexsync", "install"],
-            env=self.env,
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"indexsync install exited {result.returncode}:\n{result.stderr}")
+        command = [python_executable(), "-m", "indexsync", "install"]
+        run_checked(command, env=self.env, cwd=self.root, what="indexsync install")
 
     def start(self) -> None:
         """`indexsync run` in the background, ready when it logs worker.started."""

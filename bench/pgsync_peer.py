@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.procs import ProcessGroup
+from bench.procs import ProcessGroup, run_checked
 from bench.workload import MAPPING, clean_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,19 +161,8 @@ class PgSync:
         self._run("bootstrap", "--teardown", "--config", str(self.schema))
 
     def _run(self, *args: str) -> None:
-        result = subprocess.run(
-            [str(self._bin / args[0]), *args[1:]],
-            env=self.env,
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"PGSync {' '.join(args)} exited {result.returncode}:\n"
-                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-            )
+        command = [str(self._bin / args[0]), *args[1:]]
+        run_checked(command, env=self.env, cwd=self.root, what=f"PGSync {' '.join(args)}")
 
     def start(self) -> None:
         """Run `pgsync --daemon` in the background."""

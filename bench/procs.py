@@ -219,6 +219,20 @@ class Worker:
         return ""
 
 
+def run_checked(
+    command: Sequence[str], *, env: dict[str, str], cwd: Path, what: str, timeout: float = 300
+) -> str:
+    """Run a command to its end; its stdout, or RuntimeError naming `what` with its output."""
+    result = subprocess.run(
+        list(command), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{what} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    return result.stdout
+
+
 def python_executable() -> str:
     """The interpreter that runs the benchmark, which has indexsync installed."""
     return sys.executable
