@@ -98,6 +98,13 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
+def _per_change_us(batches: list[dict[str, Any]]) -> float | None:
+    """Median claim time per change claimed, in microseconds."""
+    return _median(
+        [1000 * float(e["claim_ms"]) / int(e["changes"]) for e in batches if int(e["changes"])]
+    )
+
+
 def _slope_per_minute(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) points, per minute."""
     if len(points) < 2:
@@ -173,7 +180,10 @@ def soak(
                         "dead_tuples": dead,
                         "autovacuums": autovacuums + vacuums,
                         "batches": len(window),
+                        "changes_per_batch_median": _median([float(e["changes"]) for e in window]),
                         "claim_ms_median": _median([float(e["claim_ms"]) for e in window]),
+                        "claim_us_per_change_median": _per_change_us(window),
+                        "write_ms_median": _median([float(e["write_ms"]) for e in window]),
                         "batch_ms_median": _median(
                             [float(e["read_ms"]) + float(e["write_ms"]) for e in window]
                         ),
@@ -210,6 +220,12 @@ def soak(
             "soak_dead_tuples_max": max(s["dead_tuples"] for s in samples),
             "soak_claim_ms_first_minute": _median([float(e["claim_ms"]) for e in first]),
             "soak_claim_ms_last_minute": _median([float(e["claim_ms"]) for e in last]),
+            # A slower search server makes batches bigger, and a bigger claim takes longer:
+            # per change claimed is what would show a bloated outbox.
+            "soak_claim_us_per_change_first_minute": _per_change_us(first),
+            "soak_claim_us_per_change_last_minute": _per_change_us(last),
+            "soak_write_ms_first_minute": _median([float(e["write_ms"]) for e in first]),
+            "soak_write_ms_last_minute": _median([float(e["write_ms"]) for e in last]),
             "soak_writes_per_s": round(written / duration, 1),
         },
         "inputs": {
