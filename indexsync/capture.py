@@ -45,6 +45,8 @@ _FUNCTION_BODY: LiteralString = """
 DECLARE
     new_id pg_catalog.text;
     old_id pg_catalog.text;
+    old_row pg_catalog.jsonb;
+    new_row pg_catalog.jsonb;
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
         {on_truncate}
@@ -79,13 +81,21 @@ END
 # A dropped column reads as NULL on both sides. Values are compared as text, so that
 # 1.0 -> 1.00 still counts as a change.
 _UNCHANGED: LiteralString = """
-        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND ({same}) THEN
+        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND OLD OPERATOR(pg_catalog.*=) NEW THEN
             RETURN NULL;
         END IF;"""
-_SAME_ROW: LiteralString = "OLD OPERATOR(pg_catalog.*=) NEW"
-_SAME_COLUMNS: LiteralString = (
-    "OLD OPERATOR(pg_catalog.*=) NEW OR ARRAY[{old}] OPERATOR(pg_catalog.=) ARRAY[{new}]"
-)
+# Each row is turned into JSON once, however many columns are watched.
+_UNCHANGED_COLUMNS: LiteralString = """
+        IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+            IF OLD OPERATOR(pg_catalog.*=) NEW THEN
+                RETURN NULL;
+            END IF;
+            old_row := pg_catalog.to_jsonb(OLD);
+            new_row := pg_catalog.to_jsonb(NEW);
+            IF ARRAY[{old}] OPERATOR(pg_catalog.=) ARRAY[{new}] THEN
+                RETURN NULL;
+            END IF;
+        END IF;"""
 
 _TRUNCATE_MARKER: LiteralString = (
     "INSERT INTO indexsync.outbox (index_name, doc_id, kind) VALUES ({alias}, NULL, 't');"
@@ -221,20 +231,18 @@ def function_body(
         )
     unchanged: sql.Composable = sql.SQL("")
     if capture.changes == ():
-        unchanged = sql.SQL(_UNCHANGED).format(same=sql.SQL(_SAME_ROW))
+        unchanged = sql.SQL(_UNCHANGED)
     elif capture.changes:
 
-        def values(rel: str) -> sql.Composable:
-            doc = sql.SQL("pg_catalog.to_jsonb({})").format(sql.SQL(rel))
+        def values(row: str) -> sql.Composable:
             return sql.SQL(", ").join(
                 sql.SQL("({} OPERATOR(pg_catalog.->) {})::pg_catalog.text").format(
-                    doc, sql.Literal(col)
+                    sql.SQL(row), sql.Literal(col)
                 )
                 for col in capture.changes or ()
             )
 
-        same = sql.SQL(_SAME_COLUMNS).format(old=values("OLD"), new=values("NEW"))
-        unchanged = sql.SQL(_UNCHANGED).format(same=same)
+        unchanged = sql.SQL(_UNCHANGED_COLUMNS).format(old=values("old_row"), new=values("new_row"))
     return sql.SQL(_FUNCTION_BODY).format(
         **common, unchanged=unchanged, notify=sql.SQL(_NOTIFY if notify else "")
     )
