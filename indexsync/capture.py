@@ -76,8 +76,8 @@ END
 # columns are looked up by name in the rows' JSON rather than as OLD.col: a PL/pgSQL
 # reference to a column would fail every write once the column is dropped, and one in a
 # trigger's WHEN clause would forbid dropping it or changing its type (a WHEN clause on
-# whole rows names none, but `make bench-capture`-style rounds measured it at about 5% of
-# single-row write throughput, against nothing measurable for the same test in the body).
+# whole rows names none, but costs single-row writers more than the same test in the
+# function: `python -m bench.capture_when`).
 # A dropped column reads as NULL on both sides. Values are compared as text, so that
 # 1.0 -> 1.00 still counts as a change.
 _UNCHANGED: LiteralString = """
