@@ -203,7 +203,12 @@ def soak(
         time.sleep(0.5)
     left = ws.outbox_count()
     worker.stop()
-    verify = ws.cli("verify", timeout=600, **({"elasticsearch_url": sink_url} if sink_url else {}))
+    # The null sink keeps no document: there is nothing to verify against.
+    verify = (
+        ws.cli("verify", timeout=600)
+        if sink_url is None
+        else "not run: the null sink keeps no documents"
+    )
     minute = 60.0
     first = _batches(worker, begun_wall, begun_wall + minute)
     last = _batches(worker, begun_wall + duration - minute, begun_wall + duration)
