@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from psycopg import sql
 from bench.console import say
 from bench.procs import ProcessGroup, Worker
 from bench.servers import null_sink, started
+from bench.throughput import event_time
 from bench.workload import Workspace
 
 RESULTS_PATH = Path(__file__).resolve().parent / "soak-results.json"
@@ -88,8 +88,8 @@ def _batches(worker: Worker, since: float, until: float) -> list[dict[str, Any]]
     for event in worker.events():
         if event.get("event") != "batch.done":
             continue
-        at = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
-        if since <= at < until:
+        at = event_time(event)
+        if at is not None and since <= at < until:
             found.append(event)
     return found
 

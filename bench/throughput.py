@@ -127,7 +127,8 @@ def measure_ceiling(ws: Workspace, es: Elasticsearch, per_request: int) -> Ceili
     return result
 
 
-def _timestamp(event: dict[str, Any]) -> float | None:
+def event_time(event: dict[str, Any]) -> float | None:
+    """When a worker's JSON log event was written (epoch seconds), if it says."""
     raw = event.get("timestamp")
     if not isinstance(raw, str):
         return None
@@ -175,7 +176,7 @@ def measure_sync(
     events = worker.events()
     profile = batch_profile(events)
     started = next((e for e in events if e.get("event") == "worker.started"), None)
-    started_at = _timestamp(started) if started else None
+    started_at = event_time(started) if started else None
     if started_at is not None:
         # Interpreter start, imports and config: part of the figure, shown for context.
         profile["startup_s"] = round(started_at - worker.started_wall, 2)

@@ -12,7 +12,6 @@ import json
 import statistics
 import subprocess
 import time
-from datetime import datetime
 from typing import Any
 
 from psycopg import sql
@@ -47,8 +46,9 @@ def _restore_backlog(ws: Workspace, changes: int) -> None:
 def _started_at(worker: Worker) -> float:
     for event in worker.events():
         if event.get("event") == "worker.started":
-            raw = str(event["timestamp"]).replace("Z", "+00:00")
-            return datetime.fromisoformat(raw).timestamp()
+            at = throughput.event_time(event)
+            if at is not None:
+                return at
     raise RuntimeError(f"the worker logged no worker.started:\n{worker.log_tail()}")
 
 

@@ -84,12 +84,9 @@ _UNCHANGED: LiteralString = """
         IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' AND OLD OPERATOR(pg_catalog.*=) NEW THEN
             RETURN NULL;
         END IF;"""
-# Each row is turned into JSON once, however many columns are watched.
+# After the whole-row test; each row is turned into JSON once, however many columns.
 _UNCHANGED_COLUMNS: LiteralString = """
         IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-            IF OLD OPERATOR(pg_catalog.*=) NEW THEN
-                RETURN NULL;
-            END IF;
             old_row := pg_catalog.to_jsonb(OLD);
             new_row := pg_catalog.to_jsonb(NEW);
             IF ARRAY[{old}] OPERATOR(pg_catalog.=) ARRAY[{new}] THEN
@@ -230,9 +227,9 @@ def function_body(
             notify=sql.SQL(_NOTIFY_IF_FOUND if notify else ""),
         )
     unchanged: sql.Composable = sql.SQL("")
-    if capture.changes == ():
+    if capture.changes is not None:
         unchanged = sql.SQL(_UNCHANGED)
-    elif capture.changes:
+    if capture.changes:
 
         def values(row: str) -> sql.Composable:
             return sql.SQL(", ").join(
@@ -242,7 +239,8 @@ def function_body(
                 for col in capture.changes or ()
             )
 
-        unchanged = sql.SQL(_UNCHANGED_COLUMNS).format(old=values("old_row"), new=values("new_row"))
+        columns = sql.SQL(_UNCHANGED_COLUMNS).format(old=values("old_row"), new=values("new_row"))
+        unchanged = sql.Composed([unchanged, columns])
     return sql.SQL(_FUNCTION_BODY).format(
         **common, unchanged=unchanged, notify=sql.SQL(_NOTIFY if notify else "")
     )
