@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def resolve(
 
 
 def resolve_each(
-    store: Store, spec: BindingsFile, source: Path
+    store: Store, indexes: Mapping[str, IndexSpec], source: Path
 ) -> tuple[dict[str, Binding], dict[str, ConfigError]]:
     """Resolve bindings one by one, as a running worker must: one broken binding is not fatal.
 
@@ -45,7 +46,7 @@ def resolve_each(
     """
     good: dict[str, Binding] = {}
     broken: dict[str, ConfigError] = {}
-    for alias, index in spec.indexes.items():
+    for alias, index in indexes.items():
         try:
             # A savepoint: a failed probe must not abort the caller's transaction.
             with store.transaction():

@@ -15,12 +15,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from indexsync import __version__, logs, migrations, verify
+from indexsync import __version__, installed, logs, migrations, verify
 from indexsync.bindings import Binding, BindingsFile, load_bindings, load_mapping
-from indexsync.catalog import resolve, resolve_each
+from indexsync.catalog import resolve
 from indexsync.check import check
 from indexsync.errors import ConfigError, IndexsyncError
 from indexsync.install import install, print_sql, uninstall
+from indexsync.installed import resolve_installed
 from indexsync.monitor import Monitor
 from indexsync.reindex import run_reindex
 from indexsync.search import Search
@@ -73,36 +74,41 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     for alias in report.backfills:
         if alias not in report.backfilled:
             print(
-                f"existing rows of {alias!r}: a worker writes them now, beside live sync "
+                f"existing rows of {alias!r}: running workers write them, beside live sync "
                 "(`indexsync status` shows the progress)"
             )
-    if not (report.statements or report.created_indexes or report.migrations or report.backfilled):
+    for alias in report.changed:
+        print(
+            f"binding {alias!r} changed: running workers adopt it within seconds and refresh "
+            "every document of the index to it, at INDEXSYNC_REFRESH_RATE ids per second"
+        )
+    for alias, gone in report.removed.items():
+        print(
+            f"binding {alias!r} removed: its triggers are dropped, with {gone.changes} queued "
+            f"change(s) and {gone.dead_letters} dead letter(s); the index {alias!r} stays on "
+            "the search server (delete it there when no reader needs it)"
+        )
+    for note in report.notes:
+        print(f"note: {note}")
+    changed = report.changed or report.removed or report.recorded
+    if not (
+        report.statements
+        or report.created_indexes
+        or report.migrations
+        or report.backfilled
+        or changed
+    ):
         print("indexsync is installed; nothing to change")
     return 0
 
 
-def _reload(
-    spec: BindingsFile, settings: Settings, store: Store
-) -> tuple[dict[str, Binding], dict[str, str]]:
-    """The bindings file resolved binding by binding, as a running worker needs it.
-
-    The file is read again, so that a broken binding mended by editing it (and rerunning
-    `install`) resumes without a restart; while the file does not parse (an edit in
-    progress), the version read before stands.
-    """
-    try:
-        spec = load_bindings(settings.config)
-    except ConfigError as exc:
-        log.warning("bindings.unreadable", error=str(exc), using="the bindings read before")
-    good, broken = resolve_each(store, spec, settings.config)
-    return good, {alias: str(exc) for alias, exc in broken.items()}
-
-
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT (or until idle)."""
-    spec = _bindings(settings)
+    # The database is the truth of what is installed; the file only says what install would do.
     with Store.connect(settings, role="cli") as store:
-        bindings, broken = _reload(spec, settings, store)
+        migrations.require_current(store)
+        bindings, broken = resolve_installed(store, settings.config)
+        _warn_uninstalled(settings, store)
     for alias, reason in broken.items():
         log.error("binding.broken_at_start", index=alias, reason=reason)
     stop = threading.Event()
@@ -116,7 +122,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     search = _search(settings)
     monitor = Monitor(
         connect=partial(Store.connect, settings, role="health"),
-        aliases=list(spec.indexes),
+        aliases=sorted({*bindings, *broken}),
         ping=partial(search.health_ping, min(settings.elasticsearch_request_timeout, 5.0)),
         port=settings.metrics_port,
         host=settings.metrics_host,
@@ -134,13 +140,23 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 metrics=monitor.metrics,
                 health=monitor.health,
                 broken=broken,
-                reload=partial(_reload, spec, settings),
+                reload=partial(resolve_installed, source=settings.config),
             ) as worker,
         ):
             worker.run(until_idle=args.until_idle)
     finally:
         search.close()
     return 0
+
+
+def _warn_uninstalled(settings: Settings, store: Store) -> None:
+    """Say so when the bindings file asks for something install has not applied."""
+    try:
+        spec = load_bindings(settings.config)
+    except ConfigError:
+        return  # the worker needs no file: it follows what is installed
+    for line in installed.differs(store, spec.indexes):
+        log.warning("bindings.not_installed", difference=line, hint="run `indexsync install`")
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,12 +6,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from indexsync import capture, migrations, refresh
-from indexsync.bindings import Binding, BindingsFile
+from indexsync import capture, installed, migrations, refresh
+from indexsync.bindings import Binding, BindingsFile, IndexSpec
 from indexsync.catalog import resolve
 from indexsync.errors import ConfigError, IndexsyncError, SearchError
 from indexsync.indexes import create_generation, index_body
 from indexsync.logs import get_logger
+from indexsync.rows import Forgotten
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
@@ -31,6 +32,15 @@ class InstallReport:
     created_by_alias: dict[str, str] = field(default_factory=dict)
     # New indexes whose existing rows a worker will write.
     backfills: list[str] = field(default_factory=list)
+    # Bindings recorded in the database for the first time (new, or installed by a release
+    # that did not record them).
+    recorded: list[str] = field(default_factory=list)
+    # Bindings whose definition changed: workers adopt them and refresh every document.
+    changed: list[str] = field(default_factory=list)
+    # Bindings removed from the file: what went with them.
+    removed: dict[str, Forgotten] = field(default_factory=dict)
+    # Things the user should know that install does not do by itself.
+    notes: list[str] = field(default_factory=list)
 
 
 def _meta(settings: Settings) -> list[tuple[str, str]]:
@@ -54,6 +64,17 @@ def print_sql(settings: Settings, spec: BindingsFile, write: Callable[[str], obj
             write(f"\n-- index {item.alias}\n")
             for statement in item.statements:
                 write(store.render(statement) + ";\n")
+        # The bindings as installed, which running workers follow (see installed.py).
+        before = installed.read(store)[0] if version is not None and version >= 3 else {}
+        write("\n-- the installed bindings\n")
+        for alias, index in spec.indexes.items():
+            params = {"index": alias, "spec": installed.spec_record(index)}
+            write(store.render_named("put_binding", params) + ";\n")
+            if alias in before and before[alias] != index:
+                write(store.render_named("start_refresh", {"index": alias}) + ";\n")
+        for alias in sorted(set(before) - set(spec.indexes)):
+            write(store.render_named("forget_binding", {"index": alias}) + ";\n")
+        write(store.render_named("bump_bindings_version", {}) + ";\n")
         write("COMMIT;\n")
 
 
@@ -96,6 +117,7 @@ def install(
                 report.dropped_triggers += done.dropped_triggers
                 for key, value in _meta(settings):
                     store.set_meta(key, value)
+                _record_bindings(store, spec.indexes, report)
                 for binding in bindings.values():
                     # A table changed since last seen: its documents are refreshed by workers.
                     refresh.observe(store, binding)
@@ -125,6 +147,39 @@ def install(
         dropped_triggers=report.dropped_triggers,
     )
     return report
+
+
+def _record_bindings(store: Store, wanted: dict[str, IndexSpec], report: InstallReport) -> None:
+    """Make the installed bindings those of the file; running workers follow within seconds.
+
+    A changed binding refreshes every document of its index (at the refresh's bounded
+    rate), since any of them may read differently now. A removed binding takes its queued
+    changes with it: its triggers are gone, and no worker will ever write them.
+    """
+    before, _ = installed.read(store)
+    for alias, index in wanted.items():
+        outcome = store.put_binding(alias, installed.spec_record(index))
+        if outcome == "added":
+            report.recorded.append(alias)
+        elif outcome == "changed":
+            report.changed.append(alias)
+            store.start_refresh(alias)
+            old = before.get(alias)
+            if old is not None and old.table != index.table:
+                report.notes.append(
+                    f"index {alias!r} now reads {index.table} instead of {old.table}: "
+                    f"documents of {old.table}'s rows stay until `indexsync reindex {alias}`"
+                )
+    for alias in sorted(set(before) - set(wanted)):
+        report.removed[alias] = store.forget_binding(alias)
+    if report.recorded or report.changed or report.removed:
+        store.bump_bindings_version()
+        log.info(
+            "install.bindings_recorded",
+            added=report.recorded,
+            changed=report.changed,
+            removed=sorted(report.removed),
+        )
 
 
 def _backfill(

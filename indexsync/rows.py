@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 # Outbox row kinds: a document id; a TRUNCATE marker (doc_id is NULL); the key of a row of
 # the dependent table `source`, mapped to documents by the worker.
@@ -32,6 +33,8 @@ class BatchContext:
     rebuilds: dict[str, str]
     # Whether any dead letter exists (if not, the batch has none to clear).
     dead_letters: bool = True
+    # The installed bindings' version: a batch that sees a newer one adopts them first.
+    bindings_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,22 @@ class StoredDeadLetter:
     reason: str | None
     failed_at: datetime
     sqlstate: str | None
+
+
+@dataclass(frozen=True)
+class InstalledBinding:
+    """One binding as install recorded it in the database."""
+
+    index_name: str
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What install dropped with a removed binding."""
+
+    changes: int
+    dead_letters: int
 
 
 @dataclass(frozen=True)

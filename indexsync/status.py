@@ -26,6 +26,8 @@ class IndexStatus:
     paused_since: datetime | None = None
     refreshing: bool = False
     refresh_done: int = 0
+    # Whether `install` recorded a binding for this index (workers only sync those).
+    installed: bool = True
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -44,7 +46,13 @@ class IndexStatus:
             self.last_success_at is not None
             and (now - self.last_success_at).total_seconds() <= stall_seconds
         )
-        if self.paused_reason is not None:
+        if not self.installed:
+            waiting = f": {self.backlog} change(s) wait for it" if self.backlog else ""
+            self.problems.append(
+                f"no binding is installed for this index{waiting}; run `indexsync install` "
+                "with its binding in the file (or without it, to drop them)"
+            )
+        elif self.paused_reason is not None:
             self.problems.append(f"paused: {self.paused_reason}")
         elif (
             self.oldest_pending_seconds is not None
@@ -70,7 +78,8 @@ class IndexStatus:
 
 def collect(store: Store, aliases: list[str]) -> list[IndexStatus]:
     """Status of every bound index (and of any index still in the outbox)."""
-    found: dict[str, IndexStatus] = {alias: IndexStatus(alias) for alias in aliases}
+    installed = {row.index_name for row in store.installed_bindings()}
+    found: dict[str, IndexStatus] = {alias: IndexStatus(alias) for alias in (*aliases, *installed)}
     for waiting in store.backlog():
         item = found.setdefault(waiting.index_name, IndexStatus(waiting.index_name))
         item.backlog = waiting.changes
@@ -92,6 +101,8 @@ def collect(store: Store, aliases: list[str]) -> list[IndexStatus]:
         item.paused_since = state.paused_at
         item.refreshing = state.refreshing
         item.refresh_done = state.refresh_done
+    for item in found.values():
+        item.installed = item.index in installed
     return sorted(found.values(), key=lambda s: s.index)
 
 

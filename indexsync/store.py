@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
 from indexsync import documents, queries
 from indexsync.bindings import Binding, Dependency
@@ -31,6 +32,8 @@ from indexsync.rows import (
     Column,
     DeadLetter,
     Document,
+    Forgotten,
+    InstalledBinding,
     InstalledTrigger,
     Rebuild,
     Refresh,
@@ -192,8 +195,10 @@ class Store:
 
     def render_named(self, name: str, params: Mapping[str, Any]) -> str:
         """A named query with its parameters bound client-side, for `install --print-sql`."""
+        # A dict is a JSON document here, as it is wherever Store takes one.
+        bound = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in params.items()}
         with translated(), psycopg.ClientCursor(self._conn) as cur:
-            return cur.mogrify(queries.get(name).decode(), params)
+            return cur.mogrify(queries.get(name).decode(), bound)
 
     # --- the schema ----------------------------------------------------------------------
 
@@ -334,23 +339,59 @@ class Store:
 
     # --- the outbox ----------------------------------------------------------------------
 
-    def claim(self, limit: int, paused: Sequence[str] = ()) -> list[Change]:
-        """Claim (and tentatively delete) up to `limit` changes, oldest first."""
+    def claim(self, limit: int, active: Sequence[str]) -> list[Change]:
+        """Claim (and tentatively delete) up to `limit` changes of `active` indexes, oldest first."""
         return self._named_rows(
-            "claim", Change, {"limit": limit, "paused": list(paused)}, prepare=True
+            "claim", Change, {"limit": limit, "active": list(active)}, prepare=True
         )
 
-    def has_pending(self, paused: Sequence[str] = ()) -> bool:
-        """Whether the outbox holds a change of an unpaused index."""
-        return bool(self._named_value("has_pending", {"paused": list(paused)}, prepare=True))
+    def has_pending(self, active: Sequence[str]) -> bool:
+        """Whether the outbox holds a change of one of the `active` indexes."""
+        return bool(self._named_value("has_pending", {"active": list(active)}, prepare=True))
+
+    def unbound_backlog(self, known: Sequence[str]) -> list[Backlog]:
+        """Changes waiting for indexes that none of `known` names."""
+        return self._named_rows("unbound_backlog", Backlog, {"known": list(known)})
 
     def batch_context(self) -> BatchContext:
         """The version of this batch's writes, and the rebuild target of each alias."""
         rows = self._tuples(queries.get("batch_context"), {}, prepare=True)
-        version, aliases, targets, dead_letters = rows[0]
+        version, aliases, targets, dead_letters, bindings_version = rows[0]
         return BatchContext(
-            int(version), dict(zip(aliases, targets, strict=True)), bool(dead_letters)
+            int(version),
+            dict(zip(aliases, targets, strict=True)),
+            bool(dead_letters),
+            int(bindings_version or 0),
         )
+
+    # --- installed bindings --------------------------------------------------------------
+
+    def installed_bindings(self) -> list[InstalledBinding]:
+        """Every binding install recorded, by alias."""
+        return self._named_rows("installed_bindings", InstalledBinding)
+
+    def bindings_version(self) -> int:
+        """The installed bindings' version (bumped by every install that changed them)."""
+        return int(self._named_value("bindings_version") or 0)
+
+    def put_binding(self, index: str, spec: Mapping[str, Any]) -> str | None:
+        """Record a binding: 'added', 'changed', or None when it was recorded as it is."""
+        rows = self._tuples(queries.get("put_binding"), {"index": index, "spec": Jsonb(spec)})
+        if not rows:
+            return None
+        return "added" if rows[0][0] else "changed"
+
+    def bump_bindings_version(self) -> None:
+        """Tell running workers that the installed bindings changed."""
+        self._named("bump_bindings_version")
+
+    def forget_binding(self, index: str) -> Forgotten:
+        """Drop the queued changes and state of an index whose binding was removed."""
+        return self._named_rows("forget_binding", Forgotten, {"index": index})[0]
+
+    def start_refresh(self, index: str) -> None:
+        """Re-queue every document of an index, at the refresh's bounded rate."""
+        self._named("start_refresh", {"index": index})
 
     def requeue_changes(self, changes: Sequence[Change]) -> None:
         """Put claimed changes back unchanged (their claim is being acknowledged)."""

@@ -65,8 +65,11 @@ Reload = Callable[[Store], tuple[dict[str, Binding], dict[str, str]]]
 _PAUSE_MAX_DELAY = 5.0
 # How often a worker looks for a new index's backfill to run.
 _BACKFILL_EVERY = 2.0
-# How often the shape of the bound tables is compared with the one last seen.
+# How often the shape of the bound tables is compared with the one last seen, and the
+# installed bindings' version with the one this worker follows.
 _OBSERVE_EVERY = 2.0
+# How often changes that no binding of this worker takes are reported.
+_UNBOUND_LOG_EVERY = 30.0
 
 
 @dataclass
@@ -138,6 +141,11 @@ class Worker:
         self._landed_once: set[str] = set()
         self._recorded_pauses: set[str] = set()
         self._refreshed_at = float("-inf")
+        # The installed bindings' version this worker follows (None: not read yet), and one
+        # lane at a time adopts a newer one.
+        self._bindings_version: int | None = None
+        self._adopting = threading.Lock()
+        self._unbound_logged_at = float("-inf")
         self._store: Store | None = None
         self._listener: Store | None = None
         self.writer = BulkWriter.from_settings(search, settings)
@@ -231,6 +239,10 @@ class Worker:
         self.check_schema()
         self.check_indexes()
         self.check_versions()
+        if self._reload is not None:
+            # Bindings installed after the caller resolved them are adopted before any claim.
+            store = self._connect(listen=False)
+            self._adopt(store, store.bindings_version())
         failures = 0
         log.info(
             "worker.started",
@@ -248,7 +260,7 @@ class Worker:
                 self._maintain(store)
                 # An idle poll is one autocommit probe, not a claim transaction: a third of
                 # the round trips, since most polls of an idle worker find nothing.
-                pending = must_drain or store.has_pending(self.paused())
+                pending = must_drain or store.has_pending(self.active())
                 if pending:
                     self.drain()
                 # With until_idle, a backfill runs here and the loop drains again after it.
@@ -369,10 +381,17 @@ class Worker:
     # --- schema changes ---------------------------------------------------------------------
 
     def _maintain(self, store: Store) -> None:
-        """Notice schema changes, and re-queue a refreshing index's next chunk, when due."""
+        """Notice installs and schema changes, and re-queue a refreshing index's next chunk."""
         now = time.monotonic()
         if now >= self._observed_at + _OBSERVE_EVERY:
             self._observed_at = now
+            if self._reload is not None:
+                version = store.bindings_version()
+                if version != self._bindings_version:
+                    with store.transaction():
+                        self._adopt(store, version)
+            if now >= self._unbound_logged_at + _UNBOUND_LOG_EVERY:
+                self._report_unbound(store)
             with self._lock:
                 live = {a: b for a, b in self.bindings.items() if a not in self._paused}
             for alias, binding in live.items():
@@ -391,7 +410,79 @@ class Worker:
             with store.transaction():
                 refresh.step(store, live, self.settings.refresh_rate)
 
+    # --- installed bindings ---------------------------------------------------------------
+
+    def _adopt(self, store: Store, version: int) -> None:
+        """Follow the bindings as installed now: sync new ones, re-read changed ones, and
+        stop removed ones (whose queued changes `install` dropped with their triggers)."""
+        assert self._reload is not None
+        with self._adopting:
+            if version == self._bindings_version:
+                return  # another lane adopted it meanwhile
+            good, broken = self._reload(store)
+            with self._lock:
+                known = set(self.bindings) | set(self._paused)
+                before = dict(self.bindings)
+            for alias in sorted(known - set(good) - set(broken)):
+                with self._lock:
+                    self.bindings.pop(alias, None)
+                    self._paused.pop(alias, None)
+                    self._recorded_pauses.discard(alias)
+                log.info("binding.removed", index=alias)
+            for alias, binding in sorted(good.items()):
+                if alias not in known:
+                    problem = self._cannot_sync(store, alias)
+                    if problem is not None:
+                        with self._lock:
+                            self.bindings[alias] = binding
+                        self._pause(store, alias, problem)
+                        continue
+                    log.info("binding.adopted", index=alias, table=binding.display)
+                elif before.get(alias) not in (None, binding):
+                    log.info("binding.updated", index=alias, table=binding.display)
+                with self._lock:
+                    self.bindings[alias] = binding
+            for alias, reason in sorted(broken.items()):
+                with self._lock:
+                    self.bindings.pop(alias, None)
+                    already = alias in self._paused
+                if not already:
+                    self._pause(store, alias, reason)
+            self._bindings_version = version
+
+    def _cannot_sync(self, store: Store, alias: str) -> str | None:
+        """Why a newly installed index cannot be written yet, or None."""
+        try:
+            if not self.search.alias_targets(alias):
+                return (
+                    f"index alias {alias!r} does not exist on the search server; "
+                    "run `indexsync install`"
+                )
+            versions.check_sequence(store, self.search, alias)
+        except IndexsyncError as exc:
+            return str(exc)
+        return None
+
+    def _report_unbound(self, store: Store) -> None:
+        """Say which queued changes no binding of this worker will take: they wait."""
+        self._unbound_logged_at = time.monotonic()
+        with self._lock:
+            known = sorted(set(self.bindings) | set(self._paused))
+        for waiting in store.unbound_backlog(known):
+            log.warning(
+                "outbox.unbound_index",
+                index=waiting.index_name,
+                changes=waiting.changes,
+                oldest_seconds=round(waiting.oldest_seconds or 0.0, 1),
+                hint="the changes stay queued until a binding for this index is installed",
+            )
+
     # --- paused bindings ------------------------------------------------------------------
+
+    def active(self) -> list[str]:
+        """The indexes this worker claims changes of right now: bound and not paused."""
+        with self._lock:
+            return sorted(set(self.bindings) - set(self._paused))
 
     def paused(self) -> list[str]:
         """The indexes whose binding is broken, and why, right now."""
@@ -528,7 +619,7 @@ class Worker:
         """Claim, re-read, write and acknowledge one batch; returns the changes claimed."""
         started = time.monotonic()
         with store.transaction():
-            changes = store.claim(self.settings.batch_size, self.paused())
+            changes = store.claim(self.settings.batch_size, self.active())
             if not changes:
                 return 0
             claimed_at = time.monotonic()
@@ -538,6 +629,10 @@ class Worker:
             # so a rebuild recorded after this read waits for the batch to end.
             context = store.batch_context()
             version, rebuilds = context.version, context.rebuilds
+            if self._reload is not None and context.bindings_version != self._bindings_version:
+                # An install committed since this worker last looked: never build a document
+                # from a definition older than the one installed when this batch began.
+                self._adopt(store, context.bindings_version)
             # Taken before the re-read is sent: a pause while its answer is in flight
             # must count towards the read's age (see max_read_age).
             read_at = time.monotonic()
@@ -600,8 +695,10 @@ class Worker:
                 binding = self.bindings.get(alias)
                 paused = alias in self._paused
             if binding is None and not paused:
-                # A binding removed from the file: its changes have nowhere to go.
-                log.warning("outbox.unbound_index", index=alias, changes=len(work.ids))
+                # Claimed before its binding was removed, or by an older claim list: such a
+                # change is never acknowledged here; it waits for a binding to take it.
+                store.requeue_changes([c for c in changes if c.index_name == alias])
+                stopped.add(alias)
                 continue
             try:
                 if binding is None:

@@ -100,27 +100,37 @@ JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdroppe
 -- Claim and acknowledge in one round trip: the rows are deleted now, but the delete only
 -- becomes visible at commit. A rollback hands them back; SKIP LOCKED lets other workers
 -- take the rest meanwhile. Changes of paused indexes stay where they are.
+-- Only changes of the indexes this worker syncs now are claimed: those of a paused index,
+-- or of an index no binding of this worker knows, stay where they are.
 DELETE FROM indexsync.outbox
 WHERE seq IN (
     SELECT seq FROM indexsync.outbox
-    WHERE index_name <> ALL(%(paused)s::text[])
+    WHERE index_name = ANY(%(active)s::text[])
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
 RETURNING seq, index_name, doc_id, kind, source;
 
 -- name: has_pending
--- Whether the outbox holds a row of an unpaused index, claimed by another worker or not.
-SELECT EXISTS (SELECT FROM indexsync.outbox WHERE index_name <> ALL(%(paused)s::text[]));
+-- Whether the outbox holds a row of an index this worker syncs, claimed by another worker or not.
+SELECT EXISTS (SELECT FROM indexsync.outbox WHERE index_name = ANY(%(active)s::text[]));
+
+-- name: unbound_backlog
+-- Changes waiting for an index that none of `known` names (no binding installed for it).
+SELECT index_name, count(*) AS changes,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
+FROM indexsync.outbox WHERE index_name <> ALL(%(known)s::text[]) GROUP BY index_name;
 
 -- name: batch_context
 -- The batch's version, drawn after its claim and before its re-read, the rebuilds in
 -- progress (in-place rebuilds write through the alias already, so they need no second
--- target), and whether any dead letter exists: without one, the batch has none to clear,
--- and skips a statement that would ship every id of the batch for nothing.
+-- target), whether any dead letter exists (without one, the batch has none to clear, and
+-- skips a statement that would ship every id of the batch for nothing), and the version of
+-- the installed bindings: a batch never builds documents from a definition older than it.
 SELECT nextval('indexsync.change_seq') AS version,
        ARRAY(SELECT alias FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS aliases,
        ARRAY(SELECT target FROM indexsync.rebuilds WHERE NOT in_place ORDER BY alias) AS targets,
-       EXISTS (SELECT FROM indexsync.dead_letters) AS dead_letters;
+       EXISTS (SELECT FROM indexsync.dead_letters) AS dead_letters,
+       (SELECT value::bigint FROM indexsync.meta WHERE key = 'bindings_version') AS bindings_version;
 
 -- name: requeue_changes
 -- Claimed changes handed back as they were: kind and source matter (a dependent key, a
@@ -325,3 +335,44 @@ WHERE pg_xact_status(x) = 'in progress';
 -- name: current_snapshot
 -- The transactions running now.
 SELECT pg_current_snapshot()::text;
+
+-- === installed bindings ===================================================================
+
+-- name: installed_bindings
+-- Every binding install applied, as it validated it.
+SELECT index_name, spec FROM indexsync.bindings ORDER BY index_name;
+
+-- name: bindings_version
+-- How many times install changed the set of bindings; a worker compares it with its own.
+SELECT value::bigint FROM indexsync.meta WHERE key = 'bindings_version';
+
+-- name: put_binding
+-- Record a binding; returns whether it is new or its definition changed.
+INSERT INTO indexsync.bindings AS b (index_name, spec) VALUES (%(index)s, %(spec)s)
+ON CONFLICT (index_name) DO UPDATE SET spec = EXCLUDED.spec, updated_at = now()
+WHERE b.spec IS DISTINCT FROM EXCLUDED.spec
+RETURNING (xmax = 0) AS added;
+
+-- name: bump_bindings_version
+-- Tell running workers that the installed bindings changed.
+UPDATE indexsync.meta SET value = (value::bigint + 1)::text WHERE key = 'bindings_version';
+
+-- name: forget_binding
+-- Everything indexsync keeps for one index whose binding install removed: its queued
+-- changes, dead letters, rebuild and state go with it. The index itself stays.
+WITH b AS (DELETE FROM indexsync.bindings WHERE index_name = %(index)s),
+s AS (DELETE FROM indexsync.binding_state WHERE index_name = %(index)s),
+r AS (DELETE FROM indexsync.rebuilds WHERE alias = %(index)s),
+p AS (DELETE FROM indexsync.progress WHERE index_name = %(index)s),
+d AS (DELETE FROM indexsync.dead_letters WHERE index_name = %(index)s RETURNING 1),
+o AS (DELETE FROM indexsync.outbox WHERE index_name = %(index)s RETURNING 1)
+SELECT (SELECT count(*) FROM o) AS changes, (SELECT count(*) FROM d) AS dead_letters;
+
+-- name: start_refresh
+-- Re-queue every document of an index from its first key, at the refresh's bounded rate
+-- (its binding changed: every document may read differently now).
+INSERT INTO indexsync.binding_state AS b (index_name, refreshing, refresh_started_at)
+VALUES (%(index)s, true, now())
+ON CONFLICT (index_name) DO UPDATE
+SET refreshing = true, refresh_after = NULL, refresh_done = 0, refresh_started_at = now(),
+    updated_at = now();

@@ -1,0 +1,16 @@
+-- Migration 3: the bindings as install applied them. The database, not the file a worker
+-- read when it started, is the truth of what is installed: running workers compare
+-- `bindings_version` with the one they adopted, and take the new definitions without a
+-- restart. A change of an index that no worker knows stays in the outbox.
+
+CREATE TABLE indexsync.bindings (
+    index_name text PRIMARY KEY,
+    -- The `[indexes.<alias>]` table of the bindings file, as install validated it.
+    spec jsonb NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Bumped by every install that adds, changes or removes a binding; read by every batch.
+INSERT INTO indexsync.meta (key, value) VALUES ('bindings_version', '0')
+ON CONFLICT (key) DO NOTHING;
