@@ -340,7 +340,7 @@ class Store:
     # --- the outbox ----------------------------------------------------------------------
 
     def claim(self, limit: int, active: Sequence[str]) -> list[Change]:
-        """Claim (and tentatively delete) up to `limit` changes of `active` indexes, oldest first."""
+        """Claim (and tentatively delete) the oldest `limit` changes of the `active` indexes."""
         return self._named_rows(
             "claim", Change, {"limit": limit, "active": list(active)}, prepare=True
         )
