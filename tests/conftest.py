@@ -24,6 +24,7 @@ from psycopg import sql
 from indexsync import clients
 from tests.support.env import Env, SearchServer
 from tests.support.esproxy import CompatProxy
+from tests.support.opensearch_node import EngineUnavailable, OpenSearchNode
 
 TEMPLATE = "indexsync_test_template"
 _counter = itertools.count()
@@ -81,8 +82,41 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def _embedded_search() -> Iterator[Any]:
-    if os.environ.get("INDEXSYNC_TEST_ELASTICSEARCH_URL"):
+def real_cluster_url() -> Iterator[str | None]:
+    """The URL of a real cluster the tests share, or None to use osmem.
+
+    INDEXSYNC_TEST_ELASTICSEARCH_URL names one; INDEXSYNC_TEST_ENGINE=opensearch starts a
+    real OpenSearch node from Maven Central jars for the session. Without Java or Maven
+    those tests skip with the reason, unless INDEXSYNC_TEST_ENGINE_REQUIRED=1 (CI) makes
+    that a failure.
+    """
+    url = os.environ.get("INDEXSYNC_TEST_ELASTICSEARCH_URL")
+    if url:
+        yield url
+        return
+    engine = os.environ.get("INDEXSYNC_TEST_ENGINE", "osmem")
+    if engine == "osmem":
+        yield None
+        return
+    if engine != "opensearch":
+        pytest.fail(f"INDEXSYNC_TEST_ENGINE={engine!r}: expected 'osmem' or 'opensearch'")
+    node = OpenSearchNode()
+    try:
+        node.start()
+    except EngineUnavailable as exc:
+        reason = f"no real OpenSearch node: {str(exc).splitlines()[0]}"
+        if os.environ.get("INDEXSYNC_TEST_ENGINE_REQUIRED") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield node.url
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def _embedded_search(real_cluster_url: str | None) -> Iterator[Any]:
+    if real_cluster_url is not None:
         yield None
         return
     from indexsync.embedded import EmbeddedSearch
@@ -95,10 +129,12 @@ def _embedded_search() -> Iterator[Any]:
 
 
 @pytest.fixture
-def search_server(_embedded_search: Any, request: pytest.FixtureRequest) -> Iterator[SearchServer]:
+def search_server(
+    _embedded_search: Any, real_cluster_url: str | None, request: pytest.FixtureRequest
+) -> Iterator[SearchServer]:
     """A private search server for one test, behind the test proxy when the test asks."""
     marker = request.node.get_closest_marker("proxy")
-    real = os.environ.get("INDEXSYNC_TEST_ELASTICSEARCH_URL")
+    real = real_cluster_url
     if real:
         if marker is not None:
             pytest.skip("injecting faults needs the embedded server and the test proxy")

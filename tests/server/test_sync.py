@@ -359,7 +359,7 @@ def test_existing_rows_are_backfilled_at_install(env: Env) -> None:
     )
     env.bindings(f'[indexes.{env.alias("posts")}]\ntable = "posts"\n')
     result = env.install()
-    assert "a worker writes them now" in result.stdout
+    assert "running workers write them" in result.stdout
     env.sync()
     assert len(env.docs("posts")) == 100
 

@@ -315,7 +315,7 @@ def test_install_backfills_a_big_table_lock_free_and_a_killed_backfill_resumes(e
     env.bindings(f'[indexes.{env.alias("orders")}]\ntable = "orders"\n')
     # install itself is short: the triggers, the index, and the backfill recorded.
     installed = env.install()
-    assert "a worker writes them now" in installed.stdout
+    assert "running workers write them" in installed.stdout
     assert env.sql("SELECT count(*) FROM indexsync.outbox")[0][0] == 0
     env.search.proxy.faults.latency_s = 0.2
     worker = env.spawn("run")

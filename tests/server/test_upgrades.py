@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # What releases before numbered migrations left in a database: migration 1's objects, no
 # schema version, no binding state, no SQLSTATE on dead letters.
 DOWNGRADE_TO_UNVERSIONED = """
+DROP TABLE indexsync.bindings;
+DELETE FROM indexsync.meta WHERE key = 'bindings_version';
 DROP TABLE indexsync.binding_state;
 ALTER TABLE indexsync.dead_letters DROP COLUMN sqlstate;
 DELETE FROM indexsync.meta WHERE key = 'schema_version';
