@@ -194,7 +194,9 @@ class OpenSearchNode:
                 if lines:
                     return f"http://{lines[0]}"
             time.sleep(0.2)
-        raise EngineUnavailable("the OpenSearch node did not bind HTTP in time:\n" + self.log_tail())
+        raise EngineUnavailable(
+            "the OpenSearch node did not bind HTTP in time:\n" + self.log_tail()
+        )
 
     def _wait_for_health(self, deadline: float) -> None:
         last: object = None
