@@ -242,7 +242,9 @@ def started(procs: ProcessGroup, workdir: Path) -> Iterator[Servers]:
             say("search: using INDEXSYNC_TEST_ELASTICSEARCH_URL")
         else:
             search_url = stack.enter_context(embedded_search(procs, workdir))
-            say(f"search: embedded osmem behind the compat proxy, {search_url}")
+            engine = os.environ.get("BENCH_ENGINE", "osmem")
+            what = "a real OpenSearch node" if engine == "opensearch" else "embedded osmem"
+            say(f"search: {what} behind the compat proxy, {search_url}")
         kind, version = _search_kind(search_url)
         servers = Servers(
             pg_admin_url=pg_url,

@@ -15,6 +15,7 @@ from typing import LiteralString
 from psycopg import sql
 
 from indexsync.bindings import Binding
+from indexsync.keys import PINNED_SETTINGS, setting_free
 from indexsync.rows import KIND_DOC, KIND_KEY, InstalledTrigger
 from indexsync.store import Store
 
@@ -191,6 +192,15 @@ def captures(binding: Binding) -> list[Capture]:
     return found
 
 
+def _renders_the_same_everywhere(binding: Binding, capture: Capture) -> bool:
+    """Whether every id this capture renders is free of session settings."""
+    types = binding.key.types
+    dep = binding.dependency(capture.source) if capture.source is not None else None
+    if dep is not None and capture.kind == KIND_KEY:
+        types = (*types, dep.pk_type)
+    return setting_free(types)
+
+
 def function_body(
     binding: Binding, capture: Capture, notify: bool, mode: str = CAPTURE_ROW
 ) -> sql.Composed:
@@ -273,12 +283,22 @@ def trigger_ddl(
         fn = sql.Identifier(SCHEMA, capture.function)
         table = sql.Identifier(capture.schema, capture.table)
         body = store.render(function_body(binding, capture, notify, mode))
+        pinned: sql.Composable = sql.SQL("")
+        if not _renders_the_same_everywhere(binding, capture):
+            # The application's session must not change the id's text (see keys.py); the
+            # marker in the body makes an install converge older functions to this one.
+            settings = ", ".join(f"{k}={v}" for k, v in PINNED_SETTINGS.items())
+            body = f"\n-- settings pinned: {settings}{body}"
+            pinned = sql.SQL("").join(
+                sql.SQL(" SET {} = {}").format(sql.SQL(name), sql.Literal(value))
+                for name, value in PINNED_SETTINGS.items()
+            )
         create_function = sql.SQL(
             # SECURITY DEFINER: roles that write the tables need no rights on the indexsync
             # schema. The body names everything with its schema (see _FUNCTION_BODY).
             "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
-            "SECURITY DEFINER AS {body}"
-        ).format(fn=fn, body=sql.Literal(body))
+            "SECURITY DEFINER{pinned} AS {body}"
+        ).format(fn=fn, pinned=pinned, body=sql.Literal(body))
         triggers = []
         for level, each, what, referencing in _trigger_events(capture, mode):
             definition = sql.SQL(

@@ -11,6 +11,7 @@ from indexsync.bindings import Binding, BindingsFile, IndexSpec
 from indexsync.catalog import resolve
 from indexsync.errors import ConfigError, IndexsyncError, SearchError
 from indexsync.indexes import create_generation, index_body
+from indexsync.keys import PINNED_SETTINGS
 from indexsync.logs import get_logger
 from indexsync.rows import Forgotten
 from indexsync.search import Search
@@ -107,10 +108,13 @@ def install(
                 # the database even when the schema exists, and a DBA may have made it.
                 if not store.schema_exists():
                     store.create_schema()
+                before = migrations.installed_version(store)
                 for step in migrations.apply_pending(store):
                     report.migrations.append(step.number)
                     log.info("install.migrated", version=step.number, name=step.name)
                 bindings = resolve(store, spec, settings.config)
+                if before is not None and before < _PINNED_SINCE:
+                    _ids_that_may_change(store, bindings, report)
                 new_aliases = _ensure_indexes(settings, search, bindings, mappings, report)
                 done = capture.converge(store, bindings, settings.notify, settings.capture)
                 report.statements += done.statements
@@ -147,6 +151,39 @@ def install(
         dropped_triggers=report.dropped_triggers,
     )
     return report
+
+
+# The schema version of the first release that rendered ids in pinned settings.
+_PINNED_SINCE = 3
+_UTC = {"utc", "etc/utc", "gmt", "etc/gmt", "zulu", "universal", "etc/universal", "uct"}
+
+
+def _ids_that_may_change(store: Store, bindings: dict[str, Binding], report: InstallReport) -> None:
+    """Say which indexes may hold ids that releases before pinning rendered differently.
+
+    Those releases rendered a key in whatever settings the session had. Where this
+    database's defaults equal the pinned settings, nothing changes, and nothing is said.
+    """
+    pinned = {name.lower(): value for name, value in PINNED_SETTINGS.items()}
+    differing = {
+        name: value
+        for name, value in store.session_defaults().items()
+        if value != pinned.get(name)
+        and not (name == "timezone" and value.lower() in _UTC)
+        and not (name == "datestyle" and value.replace(" ", "").upper().startswith("ISO"))
+    }
+    if not differing:
+        return
+    shown = ", ".join(f"{name}={value}" for name, value in sorted(differing.items()))
+    for alias, binding in sorted(bindings.items()):
+        if binding.key.setting_free:
+            continue
+        report.notes.append(
+            f"index {alias!r}: its key ({', '.join(binding.key.types)}) is now rendered as "
+            f"`_id` in fixed settings, not in this database's defaults ({shown}); documents "
+            f"written by an earlier release may carry other ids: run `indexsync reindex "
+            f"{alias}` to replace them"
+        )
 
 
 def _record_bindings(store: Store, wanted: dict[str, IndexSpec], report: InstallReport) -> None:

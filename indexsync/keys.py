@@ -4,6 +4,14 @@ A single-column key's `_id` is the key's text form, as PostgreSQL casts it to te
 composite key's `_id` is the JSON array of its values in key order, as PostgreSQL's jsonb
 renders it: `(7, 'a-b')` becomes `[7, "a-b"]`. JSON quoting keeps it collision-free
 (`('a-b','c')` and `('a','b-c')` differ), and it is reversible with any JSON parser.
+
+An `_id` is a function of the row alone. The text of some types depends on the session
+that renders it (a timestamptz on `TimeZone` and `DateStyle`, an interval on
+`IntervalStyle`, a float on `extra_float_digits`, a bytea on `bytea_output`), and the
+trigger renders ids in the application's session while the worker renders them in its own.
+So both render in `PINNED_SETTINGS`: every indexsync session sets them when it connects, and
+the capture function of a key whose text could depend on a setting carries them as its own
+`SET` clauses (a key of only integers, text, uuids and the like skips that per-row cost).
 """
 
 from __future__ import annotations
@@ -13,6 +21,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
+
+# The session settings every id and document is rendered in, whoever wrote the row.
+PINNED_SETTINGS: dict[str, str] = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, MDY",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+}
+
+# Key types whose text no session setting changes.
+_SETTING_FREE = frozenset(
+    {"smallint", "integer", "bigint", "text", "uuid", "boolean", "name", "oid", "citext"}
+)
+_SETTING_FREE_PREFIXES = ("character varying", "character", "numeric", "varchar", "bpchar")
+
+
+def setting_free(types: tuple[str, ...]) -> bool:
+    """Whether no session setting can change the text of keys of these types."""
+    for type_ in types:
+        base = type_.split("(")[0].strip().lower()
+        if base not in _SETTING_FREE and not base.startswith(_SETTING_FREE_PREFIXES):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -26,6 +58,11 @@ class Key:
     def composite(self) -> bool:
         """Whether the key has more than one column."""
         return len(self.columns) > 1
+
+    @property
+    def setting_free(self) -> bool:
+        """Whether no session setting can change this key's `_id` text."""
+        return setting_free(self.types)
 
     @property
     def display(self) -> str:

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from indexsync import documents, queries
 from indexsync.bindings import Binding, Dependency
 from indexsync.errors import DatabaseError, DatabaseUnavailable, QueryFailed
-from indexsync.keys import Key
+from indexsync.keys import PINNED_SETTINGS, Key
 from indexsync.logs import redact
 from indexsync.rows import (
     Backlog,
@@ -95,7 +95,37 @@ class Store:
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {describe(exc)}") from exc
         except psycopg.ProgrammingError as exc:
             raise DatabaseError(f"invalid INDEXSYNC_DATABASE_URL: {describe(exc)}") from exc
-        return cls(conn)
+        store = cls(conn)
+        try:
+            store.pin_settings()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def pin_settings(self) -> None:
+        """Render ids and documents the same whatever the host's or role's defaults.
+
+        Set after connecting, not as startup options, so that `session_defaults` still
+        tells what the session would have used (see keys.PINNED_SETTINGS).
+        """
+        self._execute(
+            sql.SQL("SELECT {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("pg_catalog.set_config({}, {}, false)").format(
+                        sql.Literal(name), sql.Literal(value)
+                    )
+                    for name, value in PINNED_SETTINGS.items()
+                )
+            )
+        )
+
+    def session_defaults(self) -> dict[str, str]:
+        """The pinned settings' values as this session would have had them unpinned."""
+        rows = self._tuples(
+            queries.get("session_defaults"), {"names": [n.lower() for n in PINNED_SETTINGS]}
+        )
+        return {str(name): str(value) for name, value in rows}
 
     # --- the session ---------------------------------------------------------------------
 

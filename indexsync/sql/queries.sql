@@ -43,6 +43,11 @@ INSERT INTO indexsync.meta (key, value) VALUES (%(key)s, %(value)s)
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 WHERE meta.value IS DISTINCT FROM EXCLUDED.value;
 
+-- name: session_defaults
+-- What the pinned settings would be in this session without indexsync's pinning: the
+-- server's, database's and role's defaults, and the client's PGTZ and PGDATESTYLE.
+SELECT lower(name), reset_val FROM pg_catalog.pg_settings WHERE lower(name) = ANY(%(names)s::text[]);
+
 -- name: statement_timeout
 -- Bound every query of a session (the health checks: a hanging check is worse than a failed one).
 SELECT set_config('statement_timeout', %(timeout)s, false);
