@@ -63,6 +63,16 @@ class _Table:
     key: tuple[str, ...]
     key_types: tuple[str, ...]
     columns: dict[str, str]
+    # Virtual generated columns (PostgreSQL 18) and the columns each is computed from.
+    virtual: dict[str, tuple[str, ...]]
+
+    def watchable(self, columns: list[str]) -> list[str]:
+        """`columns` as a capture can watch them: inside a row trigger a virtual generated
+        column reads as NULL, so its change shows only in the columns it is computed from."""
+        found: list[str] = []
+        for column in columns:
+            found.extend(self.virtual.get(column, (column,)))
+        return list(dict.fromkeys(found))
 
 
 def _table(store: Store, name: str, ctx: str) -> _Table:
@@ -88,6 +98,7 @@ def _table(store: Store, name: str, ctx: str) -> _Table:
         tuple(col.name for col in key),
         tuple(col.type for col in key),
         columns,
+        store.virtual_columns(found.oid),
     )
 
 
@@ -132,7 +143,7 @@ def _resolve_one(
             )
         if dep_spec.columns is not None:
             _unknown(dep_spec.columns, table, f"{ctx}.columns'")
-        watched = dep_spec.columns
+        watched = table.watchable(dep_spec.columns) if dep_spec.columns is not None else None
         if watched is not None and dep_key is not None:
             # Moving a child to another parent must always be seen.
             watched = [*watched, *(c for c in dep_key if c not in watched)]
@@ -189,7 +200,7 @@ def _watched(
         if in_where is None:
             return ()
         found += in_where
-    return tuple(dict.fromkeys(found))
+    return tuple(root.watchable(found))
 
 
 def _quoted_forms(name: str) -> set[str]:

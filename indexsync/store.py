@@ -284,6 +284,11 @@ class Store:
         """The live columns of a table, in order."""
         return self._named_rows("table_columns", Column, {"oid": oid})
 
+    def virtual_columns(self, oid: int) -> dict[str, tuple[str, ...]]:
+        """Virtual generated columns of a table, and the columns each is computed from."""
+        rows = self._tuples(queries.get("virtual_columns"), {"oid": oid})
+        return {str(name): tuple(base) for name, base in rows}
+
     def primary_key(self, oid: int) -> list[Column]:
         """The primary key's columns, in key order (empty: no primary key)."""
         return self._named_rows("primary_key", Column, {"oid": oid})

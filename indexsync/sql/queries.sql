@@ -67,6 +67,23 @@ FROM pg_attribute a
 WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum;
 
+-- name: virtual_columns
+-- Virtual generated columns (PostgreSQL 18) and the columns each is computed from: the
+-- generation expression (a pg_attrdef row) depends normally on each column it reads. None
+-- before 18, where attgenerated is never 'v'.
+SELECT a.attname AS name,
+       ARRAY(
+           SELECT b.attname FROM pg_attrdef ad
+           JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+           JOIN pg_attribute b ON b.attrelid = d.refobjid AND b.attnum = d.refobjsubid
+           WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+             AND d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid
+             AND d.refobjsubid > 0 AND d.deptype = 'n'
+           ORDER BY b.attnum
+       ) AS base
+FROM pg_attribute a
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 'v';
+
 -- name: primary_key
 -- The primary key's columns and their types, in key order.
 SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type

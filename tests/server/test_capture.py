@@ -177,3 +177,24 @@ def test_watched_columns_can_still_be_dropped_or_retyped_by_a_migration(env: Env
     env.sql("UPDATE posts SET views = 3 WHERE id = 2")
     env.sql("UPDATE posts SET touched_at = now() WHERE id = 3")
     assert queued(env) == ["2"]
+
+
+def test_a_watched_virtual_generated_column_is_seen_through_its_base_columns(env: Env) -> None:
+    # PostgreSQL 18: inside a row trigger a VIRTUAL column reads as NULL in OLD and NEW.
+    if env.sql("SHOW server_version_num")[0][0] < "180000":
+        pytest.skip("virtual generated columns need PostgreSQL 18")
+    env.sql(
+        "CREATE TABLE film (film_id int PRIMARY KEY, title text, length smallint, "
+        "length_hours numeric(4,2) GENERATED ALWAYS AS (round(length / 60.0, 2)) VIRTUAL)"
+    )
+    env.sql("INSERT INTO film VALUES (1, 'a', 90), (2, 'b', 100)")
+    env.bindings(
+        f'[indexes.{env.alias("film")}]\ntable = "film"\n'
+        'columns = ["film_id", "title", "length_hours"]\n'
+    )
+    env.install("--wait")
+    env.sql("UPDATE film SET length = 120 WHERE film_id = 1")
+    assert env.sql("SELECT count(*) FROM indexsync.outbox")[0][0] == 1
+    env.sync()
+    assert env.docs("film")["1"]["length_hours"] == 2.0
+    assert env.cli("verify").returncode == 0
