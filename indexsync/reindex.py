@@ -11,11 +11,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from indexsync import reread
 from indexsync.bindings import Binding
 from indexsync.bulk import Op
 from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
 from indexsync.indexes import create_generation, index_body
 from indexsync.logs import get_logger
+from indexsync.rows import DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
@@ -291,19 +293,46 @@ class Reindexer:
                 if self.stop is not None and self.stop.is_set():
                     raise Interrupted(f"rebuild of {binding.alias!r} stopped; it resumes later")
                 # One short statement per page: nothing holds back vacuum during a long scan.
-                page = store.scan_page(binding, last_key, self.chunk_size)
+                page = reread.scan_page(store, binding, last_key, self.chunk_size)
                 while in_flight and (
-                    not page or len(in_flight) >= _PAGES_IN_FLIGHT or in_flight[0][0].done()
+                    page is None or len(in_flight) >= _PAGES_IN_FLIGHT or in_flight[0][0].done()
                 ):
                     landed = in_flight.popleft()
                     dead += self._landed(store, binding.alias, progress, *landed)
                     rows += landed[2]
-                if not page:
+                if page is None:
                     return rows, dead
-                ops = [Op(binding.alias, target, d.doc_id, watermark, d.source) for d in page]
-                last_key = page[-1].doc_id
+                if page.failures:
+                    dead += self._unreadable(store, binding.alias, watermark, page.failures)
+                ops = [Op(binding.alias, target, d.doc_id, watermark, d.source) for d in page.docs]
+                last_key = page.last_key
                 future = sender.submit(self.writer.write, ops, time.monotonic())
-                in_flight.append((future, last_key, len(page)))
+                in_flight.append((future, last_key, len(page.docs)))
+
+    def _unreadable(
+        self, store: Store, alias: str, watermark: int, failures: list[reread.RowFailure]
+    ) -> int:
+        """Dead-letter the rows whose document PostgreSQL could not build; the scan goes on.
+
+        A later change of the row, or `deadletters retry`, brings it back through live sync.
+        """
+        letters = [
+            DeadLetter(
+                alias, f.doc_id, watermark, None, "document_query_failed", f.message, f.sqlstate
+            )
+            for f in failures
+        ]
+        with store.transaction():
+            store.add_dead_letters(letters)
+        for failure in failures:
+            log.warning(
+                "reindex.row_unreadable",
+                index=alias,
+                doc_id=failure.doc_id,
+                sqlstate=failure.sqlstate,
+                error=failure.message,
+            )
+        return len(letters)
 
     def _landed(
         self,

@@ -1,4 +1,4 @@
-"""Re-reading one index's documents inside a batch, with failures isolated.
+"""Re-reading one index's documents, in a batch or page by page, with failures isolated.
 
 A row whose document query fails (a bad cast, a division by zero, a function that raises)
 is found by bisecting the ids, and only that row is dead-lettered. A binding whose SQL
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from indexsync import documents
 from indexsync.bindings import Binding
 from indexsync.errors import IndexsyncError, QueryFailed
+from indexsync.rows import Document
 from indexsync.store import Store
 
 
@@ -98,3 +99,34 @@ def _bisect(store: Store, binding: Binding, ids: list[str], result: Reread) -> N
                 result.failures.append(RowFailure(part[0], exc.sqlstate, exc.detail))
             else:
                 _bisect(store, binding, part, result)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a key-order scan: the documents built, the rows that failed, and the
+    last key the page covered (where the next page starts)."""
+
+    docs: list[Document]
+    failures: list[RowFailure]
+    last_key: str
+
+
+def scan_page(store: Store, binding: Binding, after: str | None, size: int) -> Page | None:
+    """The next page of documents after the key `after`, or None at the end.
+
+    One statement builds the page. When a row fails it, the page's keys are read alone and
+    its documents bisected, so one bad row costs its own document, never the scan: the
+    backfill, `reindex` and `verify` isolate bad rows exactly as live sync does.
+    """
+    try:
+        docs = store.scan_page(binding, after, size)
+    except QueryFailed:
+        ids = store.key_page(binding, after, size)
+        if not ids:
+            return None
+        found = read(store, binding, ids)
+        built = [Document(i, found.docs[i]) for i in ids if i in found.docs]
+        return Page(built, found.failures, ids[-1])
+    if not docs:
+        return None
+    return Page(docs, [], docs[-1].doc_id)

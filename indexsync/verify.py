@@ -65,25 +65,10 @@ class Drift:
 
 def _pages(store: Store, binding: Binding, size: int, drift: Drift) -> Iterator[list[Document]]:
     last: str | None = None
-    while True:
-        try:
-            page = store.scan_page(binding, last, size)
-        except QueryFailed:
-            # A row whose document cannot be built fails its whole page: read the page's
-            # ids one bisection at a time, and count the unreadable rows apart.
-            ids = store.key_page(binding, last, size)
-            if not ids:
-                return
-            read = reread.read(store, binding, ids)
-            drift.unreadable.extend(f.doc_id for f in read.failures)
-            page = [Document(i, read.docs[i]) for i in ids if i in read.docs]
-            last = ids[-1]
-            yield page
-            continue
-        if not page:
-            return
-        yield page
-        last = page[-1].doc_id
+    while (page := reread.scan_page(store, binding, last, size)) is not None:
+        drift.unreadable.extend(f.doc_id for f in page.failures)
+        yield page.docs
+        last = page.last_key
 
 
 def compare(

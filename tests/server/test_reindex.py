@@ -323,3 +323,47 @@ def test_keep_old_keeps_the_previous_index_and_progress_is_reported(posts: Env) 
     progress = [e for e in events if e["event"] == "reindex.progress"]
     assert progress and progress[-1]["rows_done"] == 300 and progress[-1]["rows_total"] == 300
     assert "rows_per_s" in progress[-1]
+
+
+def _poisoned(env: Env) -> str:
+    """A `query` binding over 300 existing rows, one of which its cast refuses."""
+    env.sql("CREATE TABLE raw (id int PRIMARY KEY, n text NOT NULL)")
+    env.sql("INSERT INTO raw SELECT g, g::text FROM generate_series(1, 300) g")
+    env.sql("UPDATE raw SET n = 'n/a' WHERE id = 150")
+    alias = env.alias("raw")
+    env.bindings(
+        f'[indexes.{alias}]\ntable = "raw"\n'
+        "query = \"SELECT id, jsonb_build_object('n', n::int) AS doc FROM raw\"\n"
+    )
+    return alias
+
+
+def _only_the_bad_row_is_dead_lettered(env: Env) -> None:
+    letters = env.sql("SELECT doc_id, sqlstate, reason FROM indexsync.dead_letters")
+    assert [(d, s) for d, s, _ in letters] == [("150", "22P02")]
+    assert "n/a" in letters[0][2]
+    docs = env.docs("raw")
+    assert len(docs) == 299 and "150" not in docs and docs["300"] == {"n": 300}
+
+
+@pytest.mark.parametrize("how", ["install-wait", "worker-backfill", "reindex"])
+def test_a_poison_row_among_existing_rows_costs_only_its_own_document(env: Env, how: str) -> None:
+    alias = _poisoned(env)
+    if how == "install-wait":
+        env.install("--wait")
+    elif how == "worker-backfill":
+        env.install()
+        result = env.cli("run", "--until-idle")
+        assert result.returncode == 0, result.stderr
+        assert "backfill.failed" not in result.stderr
+    else:
+        env.install("--no-backfill")
+        result = env.cli("reindex", alias)
+        assert result.returncode == 0, result.stderr
+    _only_the_bad_row_is_dead_lettered(env)
+    # Mended, the row comes back through a retry of its dead letter.
+    env.sql("UPDATE raw SET n = '150' WHERE id = 150")
+    assert env.cli("deadletters", "retry").returncode == 0
+    env.sync()
+    assert env.docs("raw")["150"] == {"n": 150}
+    assert env.sql("SELECT count(*) FROM indexsync.dead_letters")[0][0] == 0
