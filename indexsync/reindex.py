@@ -17,7 +17,7 @@ from indexsync.bulk import Op
 from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
 from indexsync.indexes import create_generation, index_body
 from indexsync.logs import get_logger
-from indexsync.rows import DeadLetter
+from indexsync.rows import DeadLetter, Document
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
@@ -25,6 +25,9 @@ from indexsync.versions import check_sequence, record_max_seq
 from indexsync.writer import BulkWriter, WriteResult
 
 log = get_logger(__name__)
+
+# A page that takes longer than this to write is a sign of a server under stress.
+_SLOW_PAGE_S = 2.0
 
 _WAIT_POLL = 0.05
 _PROGRESS_EVERY = 5.0
@@ -141,6 +144,8 @@ class ReindexResult:
     seconds: float
     deleted_stale: int = 0
     dead_letters: int = 0
+    # Rows a backfill left to live sync, which had written them since its floor.
+    skipped: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -179,6 +184,9 @@ class Reindexer:
         self.stop = stop
         self._owns_writer = writer is None
         self.writer = writer or BulkWriter.from_settings(search, settings)
+        # Pages are filtered on the scan's sender threads.
+        self._skipped = 0
+        self._skipped_lock = threading.Lock()
 
     def close(self) -> None:
         """Release threads."""
@@ -211,6 +219,7 @@ class Reindexer:
                 store.end_rebuild(alias)
             state = None
             target = self._create_target(binding, previous)
+        floor: int | None = None
         if state is None:
             store.start_rebuild(alias, target, in_place, store.count_documents(binding))
             # Dual writes are on from this commit; the watermark waits for older batches.
@@ -220,6 +229,7 @@ class Reindexer:
             done = 0
             log.info("reindex.started", index=alias, target=target, watermark=watermark)
         else:
+            floor = state.floor
             drawn = state.watermark
             if drawn is None:
                 # A backfill recorded by install: counted and started here.
@@ -229,13 +239,24 @@ class Reindexer:
             last_key, done = state.last_key, state.rows_done
             log.info("reindex.resumed", index=alias, target=target, after_key=last_key, rows=done)
         progress = Progress(alias, store.count_documents(binding), done, self.stream)
-        rows, dead = self._scan(store, binding, target, watermark, last_key, progress)
+        self._skipped = 0
+        rows, dead = self._scan(store, binding, target, watermark, last_key, progress, floor)
         progress.finish()
         result = ReindexResult(
-            alias, target, previous, watermark, rows, time.monotonic() - started, dead_letters=dead
+            alias,
+            target,
+            previous,
+            watermark,
+            rows,
+            time.monotonic() - started,
+            dead_letters=dead,
+            skipped=self._skipped,
         )
         if in_place:
-            result.deleted_stale = self._delete_below(alias, target, watermark)
+            # A backfill skipped what live sync wrote since its floor: only documents below
+            # it went unwritten by both (see _scan).
+            bound = floor if floor is not None else watermark
+            result.deleted_stale = self._delete_below(alias, target, bound)
             store.end_rebuild(alias)
         else:
             self._swap(store, binding, target, previous, watermark)
@@ -248,6 +269,7 @@ class Reindexer:
             rows_per_s=round(result.rows_per_s),
             deleted_stale=result.deleted_stale,
             dead_letters=dead,
+            skipped=result.skipped,
             seconds=round(result.seconds, 2),
         )
         return result
@@ -282,6 +304,7 @@ class Reindexer:
         watermark: int,
         last_key: str | None,
         progress: Progress,
+        floor: int | None = None,
     ) -> tuple[int, int]:
         rows = dead = 0
         # Pages are read while earlier ones are written, and two pages are in flight: the
@@ -304,10 +327,42 @@ class Reindexer:
                     return rows, dead
                 if page.failures:
                     dead += self._unreadable(store, binding.alias, watermark, page.failures)
-                ops = [Op(binding.alias, target, d.doc_id, watermark, d.source) for d in page.docs]
+                docs = page.docs
+                if floor is not None and docs:
+                    docs = self._not_written_since(target, floor, docs)
+                ops = [Op(binding.alias, target, d.doc_id, watermark, d.source) for d in docs]
                 last_key = page.last_key
-                future = sender.submit(self.writer.write, ops, time.monotonic())
-                in_flight.append((future, last_key, len(page.docs)))
+                future = sender.submit(self._paced_write, ops)
+                in_flight.append((future, last_key, len(page.docs) + len(page.failures)))
+
+    def _not_written_since(self, index: str, floor: int, docs: list[Document]) -> list[Document]:
+        """The documents of a page that live sync has not written since the backfill's floor.
+
+        A document at the floor's version or above was written by a batch that claimed a
+        change made after install and read the row after it; any later change is in the
+        outbox too. Rewriting it (a large import reaches the outbox as well as the scan)
+        would only double the load on the search server while live changes wait.
+        """
+        written = self.search.versions(index, [d.doc_id for d in docs])
+        todo = [d for d in docs if written.get(d.doc_id, 0) < floor]
+        with self._skipped_lock:
+            self._skipped += len(docs) - len(todo)
+        return todo
+
+    def _paced_write(self, ops: list[Op]) -> WriteResult:
+        """Write a page, then yield to live sync when the server shows stress.
+
+        A page that met 429s, or took longer than _SLOW_PAGE_S, is followed by a pause as
+        long as the page took: under stress the rebuild takes at most about half of the
+        server's time, and live changes keep their latency.
+        """
+        started = time.monotonic()
+        written = self.writer.write(ops, started)
+        took = time.monotonic() - started
+        if written.retried or took > _SLOW_PAGE_S:
+            log.info("reindex.yielding", pause_s=round(took, 2), retried=written.retried)
+            (self.stop or threading.Event()).wait(took)
+        return written
 
     def _unreadable(
         self, store: Store, alias: str, watermark: int, failures: list[reread.RowFailure]

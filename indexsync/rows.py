@@ -123,6 +123,8 @@ class Rebuild:
     rows_total: int | None
     started_at: datetime
     updated_at: datetime
+    # A backfill's floor: documents at this version or above were written by live sync.
+    floor: int | None = None
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,13 @@ class Search:
             if doc.get("found")
         }
 
+    def versions(self, index: str, ids: list[str]) -> dict[str, int]:
+        """The version of each id found, without its source (realtime, no refresh needed)."""
+        response = self._call(
+            "POST", _path(index, "_mget"), body={"ids": ids}, params={"_source": "false"}
+        )
+        return {doc["_id"]: int(doc["_version"]) for doc in response["docs"] if doc.get("found")}
+
     def bulk(self, body: bytes) -> list[ItemResult]:
         """Send one NDJSON body and classify every item, in order."""
         response = self._call(

@@ -63,8 +63,12 @@ Reload = Callable[[Store], tuple[dict[str, Binding], dict[str, str]]]
 
 # A paused binding is probed again after this long at most.
 _PAUSE_MAX_DELAY = 5.0
-# How often a worker looks for a new index's backfill to run.
+# How often a worker looks for a new index's backfill to run, and the longest wait after a
+# backfill failed.
 _BACKFILL_EVERY = 2.0
+_BACKFILL_MAX_DELAY = 30.0
+# A drain that never runs dry still starts backfills and advances refreshes this often.
+_HOUSEKEEP_EVERY = 1.0
 # How often the shape of the bound tables is compared with the one last seen, and the
 # installed bindings' version with the one this worker follows.
 _OBSERVE_EVERY = 2.0
@@ -135,6 +139,9 @@ class Worker:
         self._backfilling: threading.Thread | None = None
         self._backfill_stop = threading.Event()
         self._backfill_at = float("-inf")
+        self._backfill_failures = 0
+        self._housekept_at = time.monotonic()
+        self._until_idle = False
         self._progress_at = time.monotonic()
         # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
         self._block_failures: dict[str, int] = {}
@@ -236,6 +243,7 @@ class Worker:
 
     def run(self, *, until_idle: bool = False) -> Totals:
         """Sync until stopped (or, with until_idle, until nothing is left to claim)."""
+        self._until_idle = until_idle
         self.check_schema()
         self.check_indexes()
         self.check_versions()
@@ -305,6 +313,18 @@ class Worker:
         log.info("worker.stopped", batches=self.totals.batches, changes=self.totals.changes)
         return self.totals
 
+    def _housekeep(self, store: Store) -> None:
+        """Between batches of a drain that never runs dry (a busy database never gives an
+        idle moment): start a waiting backfill, and advance refreshes and adoptions."""
+        now = time.monotonic()
+        if now < self._housekept_at + _HOUSEKEEP_EVERY:
+            return
+        self._housekept_at = now
+        self._maintain(store)
+        if not self._until_idle:
+            # --until-idle runs its backfills inline, between drains.
+            self._backfill(inline=False)
+
     # --- backfills ---------------------------------------------------------------------------
 
     def _backfill(self, *, inline: bool) -> bool:
@@ -316,7 +336,7 @@ class Worker:
         now = time.monotonic()
         if not inline and now < self._backfill_at:
             return False
-        self._backfill_at = now + _BACKFILL_EVERY
+        self._backfill_at = max(self._backfill_at, now + _BACKFILL_EVERY)
         store = self._connect(listen=False)
         with self._lock:
             candidates = [
@@ -362,14 +382,21 @@ class Worker:
         try:
             log.info("backfill.started", index=binding.alias)
             result = reindexer.reindex(session, binding, in_place=True, restart=False)
-            log.info("backfill.done", index=binding.alias, rows=result.rows)
+            log.info("backfill.done", index=binding.alias, rows=result.rows, skipped=result.skipped)
+            self._backfill_failures = 0
             return True
         except Interrupted:
             log.info("backfill.interrupted", index=binding.alias)
             return False
         except IndexsyncError as exc:
-            # Left as it was: a later round resumes from the last page that landed.
-            log.warning("backfill.failed", index=binding.alias, error=str(exc))
+            # Left as it was: a later round resumes from the last page that landed, after a
+            # backoff, busy database or not (the drain calls in between its batches).
+            self._backfill_failures += 1
+            delay = backoff(self._backfill_failures, _BACKFILL_MAX_DELAY)
+            self._backfill_at = time.monotonic() + delay
+            log.warning(
+                "backfill.failed", index=binding.alias, error=str(exc), retry_in=round(delay, 2)
+            )
             return False
         finally:
             reindexer.close()
@@ -608,6 +635,8 @@ class Worker:
                 done += n
                 if n < self.settings.batch_size:
                     break
+                if store is self._store:
+                    self._housekeep(store)
         except BaseException:
             failed.set()
             raise

@@ -305,7 +305,8 @@ WHERE index_name = %(index)s;
 
 -- name: get_rebuild
 -- The rebuild of one alias, if one is in progress.
-SELECT alias, target, watermark, in_place, last_key, rows_done, rows_total, started_at, updated_at
+SELECT alias, target, watermark, in_place, last_key, rows_done, rows_total, started_at, updated_at,
+       floor
 FROM indexsync.rebuilds WHERE alias = %(alias)s;
 
 -- name: start_rebuild
@@ -315,7 +316,9 @@ VALUES (%(alias)s, %(target)s, %(in_place)s, %(total)s);
 
 -- name: start_backfill
 -- install's backfill of a new index: an in-place rebuild whose watermark is drawn later.
-INSERT INTO indexsync.rebuilds (alias, target, in_place) VALUES (%(alias)s, %(target)s, true)
+-- Its floor is drawn with it: live sync writes every change after this at a larger version.
+INSERT INTO indexsync.rebuilds (alias, target, in_place, floor)
+VALUES (%(alias)s, %(target)s, true, nextval('indexsync.change_seq'))
 ON CONFLICT (alias) DO NOTHING;
 
 -- name: try_backfill_lock

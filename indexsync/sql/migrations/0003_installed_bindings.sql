@@ -14,3 +14,8 @@ CREATE TABLE indexsync.bindings (
 -- Bumped by every install that adds, changes or removes a binding; read by every batch.
 INSERT INTO indexsync.meta (key, value) VALUES ('bindings_version', '0')
 ON CONFLICT (key) DO NOTHING;
+
+-- A backfill's floor: the sequence's value when install recorded it. Every document live
+-- sync writes after that carries a larger version and a newer read, so the backfill skips
+-- it instead of writing the same rows twice (a large import reaches the outbox too).
+ALTER TABLE indexsync.rebuilds ADD COLUMN floor bigint;
