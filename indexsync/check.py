@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexsync import capture, migrations
+from indexsync import capture, migrations, ownership, versions
 from indexsync.bindings import Binding, BindingsFile
 from indexsync.catalog import resolve
 from indexsync.errors import ConfigError, DatabaseUnavailable, IndexsyncError
@@ -62,9 +62,49 @@ def check(
                 f"mapping of {alias!r}: no file {settings.mappings_dir / alias}.json, so a "
                 "dynamic mapping"
             )
-    _check_database(settings, spec, result)
-    _check_search(search, list(spec.indexes), result)
+    installed = _check_database(settings, spec, result)
+    reachable = _check_search(search, list(spec.indexes), result)
+    if installed is not None and reachable:
+        _check_what_run_checks(settings, list(spec.indexes), search, result)
+    else:
+        result.skipped.append(
+            "index owners and versions against the change sequence: "
+            + (
+                "the search server is unreachable"
+                if installed is not None
+                else "the database cannot be checked"
+            )
+        )
     return result
+
+
+def _check_what_run_checks(
+    settings: Settings, aliases: list[str], search: Search, result: CheckResult
+) -> None:
+    """What makes `run` refuse to start makes `check` fail first: owners and versions."""
+    try:
+        with Store.connect(settings, role="check") as store:
+            try:
+                migrations.require_current(store)
+            except IndexsyncError:
+                result.skipped.append("index owners and versions: indexsync is not installed")
+                return
+            owner = ownership.this_database(store)
+            for alias in aliases:
+                if not search.alias_targets(alias):
+                    continue
+                try:
+                    ownership.require_owned(search, alias, owner)
+                    versions.check_sequence(store, search, alias)
+                except IndexsyncError as exc:
+                    result.problems.append(str(exc))
+                else:
+                    result.checked.append(
+                        f"index {alias!r} belongs to this database and its versions are "
+                        "behind the change sequence"
+                    )
+    except IndexsyncError as exc:
+        result.problems.append(f"index owners and versions: {exc}")
 
 
 def _check_database(
@@ -118,13 +158,14 @@ def _check_database(
         store.close()
 
 
-def _check_search(search: Search, aliases: list[str], result: CheckResult) -> None:
+def _check_search(search: Search, aliases: list[str], result: CheckResult) -> bool:
+    """Check the search side; False when the server cannot be reached."""
     try:
         info = search.ping()
     except IndexsyncError as exc:
         result.problems.append(f"search server: {exc}")
         result.skipped.append("index aliases: the search server is unreachable")
-        return
+        return False
     engine = search.engine
     how = "detected from GET /" if engine.detected else "named by INDEXSYNC_ENGINE"
     version = info.get("version", {}) if isinstance(info, dict) else {}
@@ -149,6 +190,7 @@ def _check_search(search: Search, aliases: list[str], result: CheckResult) -> No
             result.problems.append(f"alias {alias!r} points at several indexes: {targets}")
         else:
             result.checked.append(f"alias {alias!r} -> {targets[0]}")
+    return True
 
 
 def _check_plan(store: Store, binding: Binding, result: CheckResult) -> None:

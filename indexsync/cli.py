@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from indexsync import __version__, installed, logs, migrations, verify
+from indexsync import __version__, installed, logs, migrations, ownership, verify
 from indexsync.bindings import Binding, BindingsFile, load_bindings, load_mapping
 from indexsync.catalog import resolve
 from indexsync.check import check
@@ -59,7 +59,13 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
     search = _search(settings)
     try:
         report = install(
-            settings, spec, mappings, search, backfill=not args.no_backfill, wait=args.wait
+            settings,
+            spec,
+            mappings,
+            search,
+            backfill=not args.no_backfill,
+            wait=args.wait,
+            take_over=args.take_over,
         )
     finally:
         search.close()
@@ -88,6 +94,8 @@ def cmd_install(settings: Settings, args: argparse.Namespace) -> int:
             f"change(s) and {gone.dead_letters} dead letter(s); the index {alias!r} stays on "
             "the search server (delete it there when no reader needs it)"
         )
+    for index, previous in report.taken_over:
+        print(f"took over index {index} from {previous}: this database owns it now")
     for note in report.notes:
         print(f"note: {note}")
     changed = report.changed or report.removed or report.recorded
@@ -347,6 +355,7 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
                 drift = verify.compare(store, search, binding)
                 entry = drift.as_json()
                 if drift.total and args.repair:
+                    ownership.require_owned(search, binding.alias, ownership.this_database(store))
                     entry["queued_for_repair"] = verify.repair(
                         store, search, binding, drift, writer
                     )
@@ -452,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the existing rows of new indexes before returning, instead of leaving "
         "them to the workers",
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="make this database the owner of bound indexes another database owns (after a "
+        "restore from that database's backup, or a rename); without it they are refused",
     )
     p = add(
         "run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle"

@@ -67,3 +67,7 @@ class DriftFound(IndexsyncError):
     """The index differs from what the database produces."""
 
     exit_code = 1
+
+
+class ForeignIndex(ConfigError):
+    """An index records another database as its owner."""

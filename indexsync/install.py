@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from indexsync import capture, installed, migrations, refresh
+from indexsync import capture, installed, migrations, ownership, refresh
 from indexsync.bindings import Binding, BindingsFile, IndexSpec
 from indexsync.catalog import resolve
 from indexsync.errors import ConfigError, IndexsyncError, SearchError
@@ -42,6 +42,8 @@ class InstallReport:
     removed: dict[str, Forgotten] = field(default_factory=dict)
     # Things the user should know that install does not do by itself.
     notes: list[str] = field(default_factory=list)
+    # Indexes another database owned, handed to this one by --take-over: (index, owner).
+    taken_over: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _meta(settings: Settings) -> list[tuple[str, str]]:
@@ -87,6 +89,7 @@ def install(
     *,
     backfill: bool = True,
     wait: bool = False,
+    take_over: bool = False,
     stream: TextIO | None = None,
 ) -> InstallReport:
     """Create what is missing, converge what differs; a second run changes nothing.
@@ -115,6 +118,9 @@ def install(
                 bindings = resolve(store, spec, settings.config)
                 if before is not None and before < _PINNED_SINCE:
                     _ids_that_may_change(store, bindings, report)
+                # Before anything is created: another database's index is never adopted.
+                owner = ownership.this_database(store)
+                report.taken_over = _check_owners(search, bindings, owner, take_over)
                 new_aliases = _ensure_indexes(settings, search, bindings, mappings, report)
                 done = capture.converge(store, bindings, settings.notify, settings.capture)
                 report.statements += done.statements
@@ -141,6 +147,9 @@ def install(
                     log.warning("install.cleanup_failed", index=name)
             report.created_indexes.clear()
             raise
+        for alias in bindings:
+            for index in search.alias_targets(alias):
+                ownership.claim(search, index, owner)
         if backfill and wait:
             _backfill(settings, search, store, bindings, mappings, unfinished, report, stream)
     log.info(
@@ -184,6 +193,23 @@ def _ids_that_may_change(store: Store, bindings: dict[str, Binding], report: Ins
             f"written by an earlier release may carry other ids: run `indexsync reindex "
             f"{alias}` to replace them"
         )
+
+
+def _check_owners(
+    search: Search, bindings: dict[str, Binding], owner: ownership.Owner, take_over: bool
+) -> list[tuple[str, str]]:
+    """Refuse an alias another database owns, unless told to take it over."""
+    taken = []
+    for alias in bindings:
+        for index in search.alias_targets(alias):
+            recorded = ownership.owner_of(search, index)
+            if recorded is None or recorded.same_as(owner):
+                continue
+            if not take_over:
+                raise ownership.foreign(alias, index, recorded, owner)
+            taken.append((index, recorded.describe()))
+            log.warning("install.taking_over", index=index, previous_owner=recorded.describe())
+    return taken
 
 
 def _record_bindings(store: Store, wanted: dict[str, IndexSpec], report: InstallReport) -> None:

@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from indexsync import reread
+from indexsync import ownership, reread
 from indexsync.bindings import Binding
 from indexsync.bulk import Op
 from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
@@ -198,6 +198,8 @@ class Reindexer:
     ) -> ReindexResult:
         """Rebuild one index (resuming an interrupted rebuild unless `restart`)."""
         alias = binding.alias
+        owner = ownership.this_database(store)
+        ownership.require_owned(self.search, alias, owner)
         previous = self.search.alias_targets(alias)
         state = store.get_rebuild(alias)
         if state is not None and (restart or state.in_place != in_place):
@@ -219,6 +221,7 @@ class Reindexer:
                 store.end_rebuild(alias)
             state = None
             target = self._create_target(binding, previous)
+            ownership.claim(self.search, target, owner)
         floor: int | None = None
         if state is None:
             store.start_rebuild(alias, target, in_place, store.count_documents(binding))

@@ -74,6 +74,15 @@ class InstalledBinding:
 
 
 @dataclass(frozen=True)
+class DatabaseIdentity:
+    """Who a database is, as indexes record their owner."""
+
+    install_id: str
+    database: str
+    system_identifier: str | None
+
+
+@dataclass(frozen=True)
 class Forgotten:
     """What install dropped with a removed binding."""
 

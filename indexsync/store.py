@@ -30,6 +30,7 @@ from indexsync.rows import (
     BindingState,
     Change,
     Column,
+    DatabaseIdentity,
     DeadLetter,
     Document,
     Forgotten,
@@ -423,6 +424,10 @@ class Store:
     def forget_binding(self, index: str) -> Forgotten:
         """Drop the queued changes and state of an index whose binding was removed."""
         return self._named_rows("forget_binding", Forgotten, {"index": index})[0]
+
+    def database_identity(self) -> DatabaseIdentity:
+        """Who this database is (see ownership.py)."""
+        return self._named_rows("database_identity", DatabaseIdentity)[0]
 
     def start_refresh(self, index: str) -> None:
         """Re-queue every document of an index, at the refresh's bounded rate."""

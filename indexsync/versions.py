@@ -24,6 +24,8 @@ def check_sequence(store: Store, search: Search, alias: str) -> None:
             raise SequenceRegression(
                 f"index {alias!r} ({index}) holds versions up to {high}, but the database's "
                 f"change sequence is at {last}: the database went back in time (restored from "
-                f"a backup?) and every write would be refused as stale. "
-                f"Run `indexsync reindex {alias}`"
+                f"a backup?) and every write would be refused as stale. If this is that "
+                f"database, restored, run `indexsync reindex {alias}` to rebuild the index "
+                "from it. If it is another database pointed at the same cluster, do not: the "
+                "index is that database's; give this one's bindings other aliases"
             )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from indexsync import changes as batches
-from indexsync import migrations, refresh, reread, versions
+from indexsync import migrations, ownership, refresh, reread, versions
 from indexsync.bindings import Binding
 from indexsync.bulk import Op, build_ops
 from indexsync.errors import (
@@ -206,9 +206,12 @@ class Worker:
                 )
 
     def check_versions(self) -> None:
-        """Refuse to start when an index is ahead of the database's sequence (a restore)."""
+        """Refuse to start on an index another database owns, or one ahead of the database's
+        sequence (a restore)."""
         store = self._connect(listen=False)
+        owner = ownership.this_database(store)
         for alias in self.bindings:
+            ownership.require_owned(self.search, alias, owner)
             versions.check_sequence(store, self.search, alias)
 
     def _record_progress(self, force: bool = False) -> None:
@@ -485,6 +488,7 @@ class Worker:
                     f"index alias {alias!r} does not exist on the search server; "
                     "run `indexsync install`"
                 )
+            ownership.require_owned(self.search, alias, ownership.this_database(store))
             versions.check_sequence(store, self.search, alias)
         except IndexsyncError as exc:
             return str(exc)

@@ -401,3 +401,14 @@ VALUES (%(index)s, true, now())
 ON CONFLICT (index_name) DO UPDATE
 SET refreshing = true, refresh_after = NULL, refresh_done = 0, refresh_started_at = now(),
     updated_at = now();
+
+-- === ownership =============================================================================
+
+-- name: database_identity
+-- Who this database is, as indexes record their owner. The cluster's system identifier
+-- needs a right that roles without pg_monitor lack; without it the rest must do.
+SELECT (SELECT value FROM indexsync.meta WHERE key = 'install_id') AS install_id,
+       current_database() AS database,
+       CASE WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+            THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
+       END AS system_identifier;

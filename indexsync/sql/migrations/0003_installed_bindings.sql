@@ -19,3 +19,8 @@ ON CONFLICT (key) DO NOTHING;
 -- sync writes after that carries a larger version and a newer read, so the backfill skips
 -- it instead of writing the same rows twice (a large import reaches the outbox too).
 ALTER TABLE indexsync.rebuilds ADD COLUMN floor bigint;
+
+-- This database's id, made once: an index records its owner by it (with the database's
+-- name and the cluster's system identifier), so a copy of the database is not its owner.
+INSERT INTO indexsync.meta (key, value) VALUES ('install_id', gen_random_uuid()::text)
+ON CONFLICT (key) DO NOTHING;
