@@ -14,9 +14,10 @@ from typing import Any
 from indexsync import capture, migrations, ownership, versions
 from indexsync.bindings import Binding, BindingsFile
 from indexsync.catalog import resolve
-from indexsync.errors import ConfigError, DatabaseUnavailable, IndexsyncError
+from indexsync.errors import ConfigError, DatabaseUnavailable, IndexsyncError, SearchUnavailable
 from indexsync.search import Search
 from indexsync.settings import Settings
+from indexsync.status import assess, collect
 from indexsync.store import Store
 
 
@@ -49,9 +50,12 @@ def check(
     settings: Settings,
     spec: BindingsFile,
     mappings: Mapping[str, dict[str, Any]],
-    search: Search,
+    search: Search | SearchUnavailable,
 ) -> CheckResult:
-    """Validate configuration, database objects and indexes without changing anything."""
+    """Validate configuration, database objects and indexes without changing anything.
+
+    `search` is the connected server, or why it could not be reached.
+    """
     result = CheckResult()
     result.checked.append(f"bindings file {settings.config}: {len(spec.indexes)} index(es)")
     for alias in spec.indexes:
@@ -64,7 +68,7 @@ def check(
             )
     installed = _check_database(settings, spec, result)
     reachable = _check_search(search, list(spec.indexes), result)
-    if installed is not None and reachable:
+    if installed is not None and reachable and isinstance(search, Search):
         _check_what_run_checks(settings, list(spec.indexes), search, result)
     else:
         result.skipped.append(
@@ -103,6 +107,11 @@ def _check_what_run_checks(
                         f"index {alias!r} belongs to this database and its versions are "
                         "behind the change sequence"
                     )
+            rows = collect(store, aliases)
+            problems = assess(rows, store.workers(), settings.stall_seconds)
+            result.problems.extend(problems)
+            if not problems:
+                result.checked.append("a worker is alive, or no work waits for one")
     except IndexsyncError as exc:
         result.problems.append(f"index owners and versions: {exc}")
 
@@ -158,9 +167,13 @@ def _check_database(
         store.close()
 
 
-def _check_search(search: Search, aliases: list[str], result: CheckResult) -> bool:
+def _check_search(
+    search: Search | SearchUnavailable, aliases: list[str], result: CheckResult
+) -> bool:
     """Check the search side; False when the server cannot be reached."""
     try:
+        if isinstance(search, SearchUnavailable):
+            raise search
         info = search.ping()
     except IndexsyncError as exc:
         result.problems.append(f"search server: {exc}")

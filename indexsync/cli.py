@@ -19,14 +19,14 @@ from indexsync import __version__, installed, logs, migrations, ownership, verif
 from indexsync.bindings import Binding, BindingsFile, load_bindings, load_mapping
 from indexsync.catalog import resolve
 from indexsync.check import check
-from indexsync.errors import ConfigError, IndexsyncError
+from indexsync.errors import ConfigError, IndexsyncError, SearchUnavailable
 from indexsync.install import install, print_sql, uninstall
 from indexsync.installed import resolve_installed
 from indexsync.monitor import Monitor
 from indexsync.reindex import run_reindex
 from indexsync.search import Search
 from indexsync.settings import Settings, env_name, load_settings, unknown_variables
-from indexsync.status import collect, render_table
+from indexsync.status import assess, collect, render_table
 from indexsync.store import Store
 from indexsync.worker import Worker
 from indexsync.writer import ITEMS_PER_REQUEST, BulkWriter
@@ -173,15 +173,20 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     with Store.connect(settings, role="status") as store:
         version = migrations.require_current(store)
         rows = collect(store, list(spec.indexes))
-    for row in rows:
-        row.judge(settings.stall_seconds)
-    healthy = all(row.healthy for row in rows)
+        workers = store.workers()
+    problems = assess(
+        rows, workers, settings.stall_seconds, search_error=_search_unreachable(settings)
+    )
+    healthy = not problems and all(row.healthy for row in rows)
+    alive = [w for w in workers if w.silent_seconds <= settings.stall_seconds]
     if args.json:
         print(
             json.dumps(
                 {
                     "indexes": [row.as_json() for row in rows],
                     "healthy": healthy,
+                    "problems": problems,
+                    "workers_alive": len(alive),
                     "schema_version": version,
                 },
                 indent=2,
@@ -189,18 +194,41 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         )
     else:
         print(render_table(rows))
+        print(f"\nworkers alive: {len(alive)}")
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
     return 0 if healthy else 1
+
+
+def _search_unreachable(settings: Settings) -> str | None:
+    """Why the search server does not answer a health ping, or None when it does."""
+    try:
+        search = _search(settings)
+    except IndexsyncError as exc:
+        return str(exc)
+    try:
+        search.health_ping(min(settings.elasticsearch_request_timeout, 5.0))
+    except IndexsyncError as exc:
+        return str(exc)
+    finally:
+        search.close()
+    return None
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Validate configuration, database objects and indexes."""
     spec = _bindings(settings)
     mappings = _mappings(settings, spec)
-    search = _search(settings)
+    # An unreachable search server is one failed item: the rest of the checklist still runs.
+    try:
+        search: Search | SearchUnavailable = _search(settings)
+    except SearchUnavailable as exc:
+        search = exc
     try:
         result = check(settings, spec, mappings, search)
     finally:
-        search.close()
+        if isinstance(search, Search):
+            search.close()
     for line in result.checked:
         print(f"ok      {line}")
     for line in result.warnings:

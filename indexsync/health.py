@@ -49,6 +49,8 @@ class Health:
         self._started_at = now
         self._backlog: int | None = None
         self._paused: dict[str, str] = {}
+        # index -> what makes it unhealthy, by status.py's one definition.
+        self._index_problems: dict[str, list[str]] = {}
         # server -> (ok, reason, when checked); absent until the first check.
         self._servers: dict[Server, tuple[bool, str, float]] = {}
 
@@ -76,6 +78,11 @@ class Health:
         with self._lock:
             self._paused = dict(paused)
 
+    def set_index_problems(self, problems: Mapping[str, list[str]]) -> None:
+        """Record what the shared definition of healthy finds wrong with each index."""
+        with self._lock:
+            self._index_problems = {k: list(v) for k, v in problems.items() if v}
+
     def batch_done(self) -> None:
         """Record that a batch was acknowledged (movement even while writers outpace us)."""
         with self._lock:
@@ -99,7 +106,10 @@ class Health:
                     # The checks themselves hang or died: what we know is too old to trust.
                     reasons.append(f"{server}: last successful check {now - checked_at:.0f}s ago")
             for index, why in sorted(self._paused.items()):
-                reasons.append(f"index {index!r} paused: {why}")
+                if index not in self._index_problems:
+                    reasons.append(f"index {index!r} paused: {why}")
+            for index, problems in sorted(self._index_problems.items()):
+                reasons.extend(f"index {index!r}: {problem}" for problem in problems)
             stalled_for = now - self._moved_at
             if self._backlog and stalled_for > self.stall_seconds:
                 reasons.append(

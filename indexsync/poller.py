@@ -105,6 +105,9 @@ class StatusPoller:
             return
         if self.metrics is not None:
             self.metrics.observe_status(rows)
+        for row in rows:
+            row.judge(self.health.stall_seconds)
+        self.health.set_index_problems({row.index: row.problems for row in rows})
         paused = {row.index: row.paused_reason for row in rows if row.paused_reason is not None}
         # A paused index's backlog waits for a fix, not for this worker: it is no stall.
         self.health.progress(sum(row.backlog for row in rows if row.index not in paused))

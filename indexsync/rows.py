@@ -83,6 +83,18 @@ class DatabaseIdentity:
 
 
 @dataclass(frozen=True)
+class WorkerSeen:
+    """A worker's last heartbeat."""
+
+    worker_id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    silent_seconds: float
+
+
+@dataclass(frozen=True)
 class Forgotten:
     """What install dropped with a removed binding."""
 

@@ -1,4 +1,11 @@
-"""Status: backlog, lag, dead letters, pauses and rebuilds per index, read from the database."""
+"""Status: backlog, lag, dead letters, pauses and rebuilds per index, read from the database,
+and the one definition of healthy that `status`, `check` and `/readyz` share.
+
+Healthy means: PostgreSQL and the search server answer; a worker has been alive within
+INDEXSYNC_STALL_SECONDS whenever work waits; and no index is paused, stalled (its oldest
+change older than the stall window with nothing landed in it), fed by changes no installed
+binding takes, or holding dead letters.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from indexsync.rows import WorkerSeen
 from indexsync.store import Store
 
 
@@ -21,6 +29,7 @@ class IndexStatus:
     rebuild_rows_done: int | None = None
     rebuild_rows_total: int | None = None
     rebuild_started_at: datetime | None = None
+    rebuild_in_place: bool = False
     last_success_at: datetime | None = None
     paused_reason: str | None = None
     paused_since: datetime | None = None
@@ -95,6 +104,7 @@ def collect(store: Store, aliases: list[str]) -> list[IndexStatus]:
         item.rebuild_rows_done = rebuild.rows_done
         item.rebuild_rows_total = rebuild.rows_total
         item.rebuild_started_at = rebuild.started_at
+        item.rebuild_in_place = rebuild.in_place
     for state in store.binding_states():
         item = found.setdefault(state.index_name, IndexStatus(state.index_name))
         item.paused_reason = state.paused_reason
@@ -104,6 +114,53 @@ def collect(store: Store, aliases: list[str]) -> list[IndexStatus]:
     for item in found.values():
         item.installed = item.index in installed
     return sorted(found.values(), key=lambda s: s.index)
+
+
+def waiting_work(rows: list[IndexStatus], stall_seconds: float, now: datetime) -> bool:
+    """Whether an installed, unpaused index has had work only a worker does (changes, or
+    the backfill of its existing rows) waiting for longer than the stall window."""
+    for row in rows:
+        if not row.installed or row.paused_reason is not None:
+            continue
+        if (row.oldest_pending_seconds or 0.0) > stall_seconds:
+            return True
+        started = row.rebuild_started_at
+        if (
+            row.rebuild_in_place
+            and started is not None
+            and (now - started).total_seconds() > stall_seconds
+        ):
+            return True
+    return False
+
+
+def assess(
+    rows: list[IndexStatus],
+    workers: list[WorkerSeen],
+    stall_seconds: float,
+    *,
+    search_error: str | None = None,
+) -> list[str]:
+    """What is wrong beyond single indexes: an unreachable search server, or work waiting
+    with no live worker. Each row is judged too (its problems stay on the row)."""
+    for row in rows:
+        if not row.problems:
+            row.judge(stall_seconds)
+    problems = []
+    if search_error is not None:
+        problems.append(f"the search server is unreachable: {search_error}")
+    alive = [w for w in workers if w.silent_seconds <= stall_seconds]
+    if waiting_work(rows, stall_seconds, datetime.now(UTC)) and not alive:
+        last = (
+            f"the last one was seen {min(w.silent_seconds for w in workers):.0f}s ago"
+            if workers
+            else "none has run since the last hour"
+        )
+        problems.append(
+            f"no worker has been alive for {stall_seconds:g}s (INDEXSYNC_STALL_SECONDS) while "
+            f"work waits; {last}: start `indexsync run`"
+        )
+    return problems
 
 
 def render_table(rows: list[IndexStatus]) -> str:

@@ -41,6 +41,7 @@ from indexsync.rows import (
     StoredDeadLetter,
     Table,
     Watermark,
+    WorkerSeen,
 )
 from indexsync.settings import Settings
 
@@ -424,6 +425,18 @@ class Store:
     def forget_binding(self, index: str) -> Forgotten:
         """Drop the queued changes and state of an index whose binding was removed."""
         return self._named_rows("forget_binding", Forgotten, {"index": index})[0]
+
+    def heartbeat(self, worker: str, host: str, pid: int, version: str) -> None:
+        """Record that a worker is alive."""
+        self._named("heartbeat", {"worker": worker, "host": host, "pid": pid, "version": version})
+
+    def worker_stopped(self, worker: str) -> None:
+        """Remove a worker that stops cleanly."""
+        self._named("worker_stopped", {"worker": worker})
+
+    def workers(self) -> list[WorkerSeen]:
+        """Every worker seen lately, most recent first."""
+        return self._named_rows("workers", WorkerSeen)
 
     def database_identity(self) -> DatabaseIdentity:
         """Who this database is (see ownership.py)."""

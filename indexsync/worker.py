@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from indexsync import __version__, migrations, ownership, refresh, reread, versions
 from indexsync import changes as batches
-from indexsync import migrations, ownership, refresh, reread, versions
 from indexsync.bindings import Binding
 from indexsync.bulk import Op, build_ops
 from indexsync.errors import (
@@ -72,6 +75,8 @@ _HOUSEKEEP_EVERY = 1.0
 # How often the shape of the bound tables is compared with the one last seen, and the
 # installed bindings' version with the one this worker follows.
 _OBSERVE_EVERY = 2.0
+# How often a worker records that it is alive (status calls it gone after STALL_SECONDS).
+_HEARTBEAT_EVERY = 5.0
 # How often changes that no binding of this worker takes are reported.
 _UNBOUND_LOG_EVERY = 30.0
 
@@ -142,6 +147,9 @@ class Worker:
         self._backfill_failures = 0
         self._housekept_at = time.monotonic()
         self._until_idle = False
+        # Who this worker is in `indexsync.workers`, and when it last said it is alive.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat_at = float("-inf")
         self._progress_at = time.monotonic()
         # Consecutive blocked batches per index, for its backoff; a batch that lands resets it.
         self._block_failures: dict[str, int] = {}
@@ -313,6 +321,8 @@ class Worker:
                 self.stop.wait(delay)
         with contextlib.suppress(IndexsyncError):
             self._record_progress(force=True)
+            if self._store is not None:
+                self._store.worker_stopped(self.worker_id)
         log.info("worker.stopped", batches=self.totals.batches, changes=self.totals.changes)
         return self.totals
 
@@ -411,8 +421,12 @@ class Worker:
     # --- schema changes ---------------------------------------------------------------------
 
     def _maintain(self, store: Store) -> None:
-        """Notice installs and schema changes, and re-queue a refreshing index's next chunk."""
+        """Say this worker is alive, notice installs and schema changes, and re-queue a
+        refreshing index's next chunk."""
         now = time.monotonic()
+        if now >= self._heartbeat_at + _HEARTBEAT_EVERY:
+            self._heartbeat_at = now
+            store.heartbeat(self.worker_id, socket.gethostname(), os.getpid(), __version__)
         if now >= self._observed_at + _OBSERVE_EVERY:
             self._observed_at = now
             if self._reload is not None:

@@ -412,3 +412,24 @@ SELECT (SELECT value FROM indexsync.meta WHERE key = 'install_id') AS install_id
        CASE WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
             THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system())
        END AS system_identifier;
+
+-- === workers ===============================================================================
+
+-- name: heartbeat
+-- A worker is alive; rows of workers silent for an hour are cleared on the way.
+WITH gone AS (
+    DELETE FROM indexsync.workers WHERE seen_at < now() - interval '1 hour'
+)
+INSERT INTO indexsync.workers (worker_id, host, pid, version)
+VALUES (%(worker)s, %(host)s, %(pid)s, %(version)s)
+ON CONFLICT (worker_id) DO UPDATE SET seen_at = now();
+
+-- name: worker_stopped
+-- A worker that stops cleanly says so.
+DELETE FROM indexsync.workers WHERE worker_id = %(worker)s;
+
+-- name: workers
+-- Every worker seen in the last hour, and how long ago.
+SELECT worker_id, host, pid, version, started_at,
+       extract(epoch FROM now() - seen_at)::float8 AS silent_seconds
+FROM indexsync.workers ORDER BY seen_at DESC;

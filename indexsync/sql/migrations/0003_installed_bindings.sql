@@ -24,3 +24,14 @@ ALTER TABLE indexsync.rebuilds ADD COLUMN floor bigint;
 -- name and the cluster's system identifier), so a copy of the database is not its owner.
 INSERT INTO indexsync.meta (key, value) VALUES ('install_id', gen_random_uuid()::text)
 ON CONFLICT (key) DO NOTHING;
+
+-- Workers alive: each records a heartbeat every few seconds and removes its row when it
+-- stops. `status`, `check` and /readyz call work that waits with no live worker a problem.
+CREATE TABLE indexsync.workers (
+    worker_id text PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    version text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
