@@ -30,7 +30,7 @@ from indexsync.settings import Settings
 
 WORKDIR = Path(".demo")
 BINDINGS_FILE = Path("indexsync.example.toml")
-MAPPING_FILE = Path("mappings/articles.json")
+MAPPING_FILE = Path(__file__).parent / "mappings" / "articles.json"
 
 SCHEMA = """
 CREATE TABLE articles (
@@ -268,10 +268,11 @@ def main() -> int:
                 relay.cut(3.0)
                 cut_at = writer.count
                 time.sleep(3.5)
-                note(f"{writer.count - cut_at} rows were written meanwhile; nothing was lost")
+                note(f"{writer.count - cut_at} rows were written meanwhile; they wait in the outbox")
                 wait_until(
                     "the worker caught up after the outage", lambda: count(es) >= 200 + cut_at + 30
                 )
+                note("every row written during the outage is in the index (verify checks all)")
 
                 say("A rebuild into a new index while the application keeps writing")
                 run("reindex")
@@ -301,6 +302,7 @@ def main() -> int:
             base = f"http://127.0.0.1:{metrics_port}"
             with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
                 note(f"/readyz -> {response.status} {response.read().decode()}")
+            note("counters count this worker process only, since it was restarted above")
             with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
                 for line in response.read().decode().splitlines():
                     if line.startswith(("indexsync_documents_indexed_total", "indexsync_backlog",

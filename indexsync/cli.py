@@ -27,7 +27,7 @@ from indexsync.reindex import run_reindex
 from indexsync.search import Search
 from indexsync.settings import Settings, env_name, load_settings, unknown_variables
 from indexsync.status import assess, collect, render_table
-from indexsync.store import Store
+from indexsync.store import Store, describe_database_url
 from indexsync.worker import Worker
 from indexsync.writer import ITEMS_PER_REQUEST, BulkWriter
 
@@ -261,6 +261,7 @@ def cmd_uninstall(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     """List dead letters, or move them back into the outbox."""
     with Store.connect(settings, role="deadletters") as store:
+        migrations.require_current(store)
         if args.action == "retry":
             with store.transaction():
                 n = store.retry_dead_letters(args.index, args.id or None)
@@ -289,6 +290,8 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
             )
         )
     else:
+        if rows:
+            print("id\tindex\tdoc_id\tseq\terror\tfailed_at")
         for r in rows:
             code = r.status if r.status is not None else f"SQLSTATE {r.sqlstate}"
             print(
@@ -305,8 +308,11 @@ def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     rows = []
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
-        if isinstance(value, SecretStr):
-            shown = "*** (set)"
+        if name == "database_url" and isinstance(value, SecretStr):
+            # Where it points is no secret; only the password is.
+            shown = describe_database_url(value.get_secret_value())
+        elif isinstance(value, SecretStr):
+            shown = "***"
         elif isinstance(value, list):
             shown = ",".join(logs.redact(str(v)) for v in value)
         else:
@@ -335,6 +341,7 @@ def _selected(
             f"known: {', '.join(spec.indexes)}"
         )
     with Store.connect(settings, role="cli") as store:
+        migrations.require_current(store)
         # Like the worker: a listed column dropped by a migration is not an error here.
         bindings = resolve(store, spec, settings.config, strict=False)
     return bindings, {alias: b for alias, b in bindings.items() if not aliases or alias in aliases}
@@ -430,14 +437,17 @@ def _print_drift(entry: dict[str, Any]) -> None:
         print(f"  repaired {entry['queued_for_repair']} document(s); {left} still differ")
 
 
-EPILOG = "Settings come from INDEXSYNC_* environment variables (and .env); see the README."
+EPILOG = (
+    "Settings come from INDEXSYNC_* environment variables (and .env); `indexsync settings` "
+    "shows them all with their values."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(
         prog="indexsync",
-        description="Keep Elasticsearch indexes equal to PostgreSQL tables.",
+        description="Keep Elasticsearch and OpenSearch indexes equal to PostgreSQL tables.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"indexsync {__version__}")
@@ -598,3 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `indexsync check | head -1`: the reader left, which is no error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -179,7 +179,8 @@ def _opensearch(settings: Settings, engine: Engine) -> Any:
     except ImportError:
         raise ConfigError(
             f"the search server is {engine.label}: install the OpenSearch client with "
-            "`pip install 'indexsync[opensearch]'`"
+            "`pip install '.[opensearch]'` in your indexsync clone (or `pip install "
+            "opensearch-py` beside indexsync)"
         ) from None
     options: dict[str, Any] = {}
     if settings.aws_sigv4 is not None:
@@ -218,7 +219,8 @@ def _aws_auth(settings: Settings) -> dict[str, Any]:
     except ImportError:
         raise ConfigError(
             "INDEXSYNC_AWS_SIGV4 needs the AWS credential chain: "
-            "`pip install 'indexsync[opensearch,aws]'`"
+            "`pip install '.[opensearch,aws]'` in your indexsync clone (or `pip install "
+            "opensearch-py boto3` beside indexsync)"
         ) from None
     session = boto3.Session()
     credentials = session.get_credentials()

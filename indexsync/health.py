@@ -10,8 +10,8 @@ from typing import Any, Final, Literal
 
 from indexsync.logs import redact
 
-Server = Literal["postgresql", "elasticsearch"]
-SERVERS: Final[tuple[Server, ...]] = ("postgresql", "elasticsearch")
+Server = Literal["postgresql", "search"]
+SERVERS: Final[tuple[Server, ...]] = ("postgresql", "search")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Health:
 
     def search_ok(self, ok: bool, reason: str = "") -> None:
         """Record whether the search server answered the last check."""
-        self._set("elasticsearch", ok, reason)
+        self._set("search", ok, reason)
 
     def _set(self, server: Server, ok: bool, reason: str) -> None:
         with self._lock:

@@ -112,9 +112,8 @@ def install(
                 if not store.schema_exists():
                     store.create_schema()
                 before = migrations.installed_version(store)
-                for step in migrations.apply_pending(store):
-                    report.migrations.append(step.number)
-                    log.info("install.migrated", version=step.number, name=step.name)
+                applied = migrations.apply_pending(store)
+                report.migrations += [step.number for step in applied]
                 bindings = resolve(store, spec, settings.config)
                 if before is not None and before < _PINNED_SINCE:
                     _ids_that_may_change(store, bindings, report)
@@ -147,6 +146,16 @@ def install(
                     log.warning("install.cleanup_failed", index=name)
             report.created_indexes.clear()
             raise
+        # Logged once committed: a rolled-back install migrated nothing.
+        for step in applied:
+            log.info("install.migrated", version=step.number, name=step.name)
+        if report.recorded or report.changed or report.removed:
+            log.info(
+                "install.bindings_recorded",
+                added=report.recorded,
+                changed=report.changed,
+                removed=sorted(report.removed),
+            )
         for alias in bindings:
             for index in search.alias_targets(alias):
                 ownership.claim(search, index, owner)
@@ -237,12 +246,6 @@ def _record_bindings(store: Store, wanted: dict[str, IndexSpec], report: Install
         report.removed[alias] = store.forget_binding(alias)
     if report.recorded or report.changed or report.removed:
         store.bump_bindings_version()
-        log.info(
-            "install.bindings_recorded",
-            added=report.recorded,
-            changed=report.changed,
-            removed=sorted(report.removed),
-        )
 
 
 def _backfill(

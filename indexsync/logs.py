@@ -28,6 +28,16 @@ def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
+def _without_tracebacks(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """One line per event: an exception becomes its message (tracebacks need --debug)."""
+    info = event_dict.pop("exc_info", None)
+    if info:
+        error = info[1] if isinstance(info, tuple) else info
+        if isinstance(error, BaseException):
+            event_dict.setdefault("error", redact(f"{type(error).__name__}: {error}"))
+    return event_dict
+
+
 def configure(
     fmt: str | None = "console", level: str = "info", stream: TextIO | None = None
 ) -> None:
@@ -42,6 +52,9 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact_values,
     ]
+    debug = level.upper() == "DEBUG"
+    if not debug:
+        shared.append(_without_tracebacks)
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -69,9 +82,11 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Both clients log every request at INFO; that is noise at our default level.
+    # The clients log every request at INFO and every failed one at WARNING, with a
+    # traceback, each time the worker already says what failed and when it retries: only
+    # their errors come through, unless --debug asks for everything.
     for name in ("elastic_transport", "opensearch", "urllib3"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 def get_logger(name: str) -> Any:

@@ -134,10 +134,10 @@ class StatusPoller:
             # The ping is whatever callable we were given: any failure means "not reachable".
             reason = str(exc) or type(exc).__name__
             self.health.search_ok(False, reason)
-            self._report("elasticsearch", reason)
+            self._report("search", reason)
             return
         self.health.search_ok(True)
-        self._report("elasticsearch", None)
+        self._report("search", None)
 
     def _report(self, server: Server, failure: str | None) -> None:
         if self.metrics is not None:

@@ -52,6 +52,20 @@ R = TypeVar("R")
 Query = bytes | sql.SQL | sql.Composed
 
 
+def describe_database_url(url: str) -> str:
+    """Where a libpq URL or conninfo points (host, port, database, user), password masked."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(not a valid libpq URL or conninfo)"
+    shown = [
+        f"{key}={parts[key]}" for key in ("host", "port", "dbname", "user") if parts.get(key)
+    ]
+    if parts.get("password"):
+        shown.append("password=***")
+    return " ".join(shown) or "(libpq defaults)"
+
+
 def describe(exc: psycopg.Error) -> str:
     """A one-line, secret-free description of a driver error."""
     primary = exc.diag.message_primary if exc.diag else None

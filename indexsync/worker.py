@@ -308,14 +308,14 @@ class Worker:
                 # into a supervisor's restart loop. A bad key at start still exits 2.
                 failures += 1
                 if self.metrics is not None:
-                    self.metrics.reconnect("elasticsearch")
+                    self.metrics.reconnect("search")
                 delay = backoff(failures, self.settings.retry_max_delay)
                 log.error("worker.credentials_rejected", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)
             except (SearchUnavailable, StaleRead) as exc:
                 failures += 1
                 if self.metrics is not None and isinstance(exc, SearchUnavailable):
-                    self.metrics.reconnect("elasticsearch")
+                    self.metrics.reconnect("search")
                 delay = backoff(failures, self.settings.retry_max_delay)
                 log.warning("worker.search_unavailable", error=str(exc), retry_in=round(delay, 2))
                 self.stop.wait(delay)

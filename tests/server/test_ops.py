@@ -136,7 +136,7 @@ def test_metrics_count_batches_errors_and_reconnects() -> None:
     assert value(metrics, "indexsync_batch_duration_seconds_bucket", le="0.05") == 1
     assert value(metrics, "indexsync_batch_duration_seconds_bucket", le="30.0") == 2
     assert value(metrics, "indexsync_reconnects_total", server="postgresql") == 2
-    assert value(metrics, "indexsync_reconnects_total", server="elasticsearch") == 1
+    assert value(metrics, "indexsync_reconnects_total", server="search") == 1
     assert value(metrics, "indexsync_last_success_timestamp_seconds", index="tags") is not None
     assert value(metrics, "indexsync_build_info", version=__version__) == 1
 
@@ -247,7 +247,7 @@ def test_health_needs_both_servers_and_movement() -> None:
 
     health.search_ok(False, "cannot reach Elasticsearch: connection refused")
     assert health.readiness().reasons == [
-        "elasticsearch check failed: cannot reach Elasticsearch: connection refused"
+        "search check failed: cannot reach Elasticsearch: connection refused"
     ]
     health.search_ok(True)
     clock.now += 21  # no check for a while: the poller hangs or died
@@ -373,7 +373,7 @@ def test_readyz_reports_a_stalled_backlog_until_the_worker_drains_it(
         assert body["reasons"][0].startswith("stalled: backlog of 14 change(s) has not moved")
         rendered = http_get(server.url + "/metrics")[1].decode()
         assert f'indexsync_backlog{{index="{alias}"}} 14.0' in rendered
-        assert 'indexsync_server_up{server="elasticsearch"} 1.0' in rendered
+        assert 'indexsync_server_up{server="search"} 1.0' in rendered
 
         env.sync()
         _, body = wait_for(lambda: (r := readyz(server))[0] == 200 and r)
@@ -406,9 +406,9 @@ def test_readyz_follows_a_search_outage(env: Env, search: Search) -> None:
         proxy.faults.outage_on()
         try:
             _, body = wait_for(lambda: (r := readyz(server))[0] == 503 and r, timeout=10)
-            assert [r.split(":")[0] for r in body["reasons"]] == ["elasticsearch check failed"]
+            assert [r.split(":")[0] for r in body["reasons"]] == ["search check failed"]
             assert (
-                'indexsync_server_up{server="elasticsearch"} 0.0'
+                'indexsync_server_up{server="search"} 0.0'
                 in http_get(server.url + "/metrics")[1].decode()
             )
         finally:
