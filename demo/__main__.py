@@ -268,7 +268,9 @@ def main() -> int:
                 relay.cut(3.0)
                 cut_at = writer.count
                 time.sleep(3.5)
-                note(f"{writer.count - cut_at} rows were written meanwhile; they wait in the outbox")
+                note(
+                    f"{writer.count - cut_at} rows were written meanwhile; they wait in the outbox"
+                )
                 wait_until(
                     "the worker caught up after the outage", lambda: count(es) >= 200 + cut_at + 30
                 )

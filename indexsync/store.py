@@ -58,9 +58,7 @@ def describe_database_url(url: str) -> str:
         parts = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "(not a valid libpq URL or conninfo)"
-    shown = [
-        f"{key}={parts[key]}" for key in ("host", "port", "dbname", "user") if parts.get(key)
-    ]
+    shown = [f"{key}={parts[key]}" for key in ("host", "port", "dbname", "user") if parts.get(key)]
     if parts.get("password"):
         shown.append("password=***")
     return " ".join(shown) or "(libpq defaults)"
