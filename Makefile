@@ -84,8 +84,10 @@ $(PROFILE_STAMP): $(STAMP)
 profile: $(PROFILE_STAMP)
 	$(BIN)/python -m bench.profile
 
+# ENGINE=opensearch runs the same story on a real OpenSearch node (Java 17 and Maven).
+ENGINE ?= osmem
 demo: $(DEMO_STAMP)
-	@$(BIN)/python -m demo
+	@ENGINE=$(ENGINE) $(BIN)/python -m demo
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) .demo .pytest_cache .mypy_cache .ruff_cache

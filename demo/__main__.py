@@ -8,6 +8,7 @@ server refuses, a rebuild under live writes, and `verify` proving zero drift at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,22 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def search_server(engine: str) -> Iterator[Any]:
+    """osmem (pure pip, the default), or with ENGINE=opensearch a real OpenSearch node."""
+    if engine == "osmem":
+        with EmbeddedSearch() as search:
+            yield search
+        return
+    if engine != "opensearch":
+        raise SystemExit(f"ENGINE={engine!r}: expected 'osmem' or 'opensearch'")
+    # A test tool, outside the package: the same node the engine suites run on.
+    from tests.support.opensearch_node import OpenSearchNode
+
+    with OpenSearchNode() as node:
+        yield node
+
+
 def main() -> int:
     """Run the demo; exits by itself."""
     if not BINDINGS_FILE.exists() or not MAPPING_FILE.exists():
@@ -197,8 +214,12 @@ def main() -> int:
     (WORKDIR / "indexsync.toml").write_text(bindings)
     shutil.copy(MAPPING_FILE, WORKDIR / "mappings" / "articles.json")
 
-    say("Starting an embedded PostgreSQL and osmem, an in-memory OpenSearch")
-    with EmbeddedPostgres(WORKDIR / "pgdata") as pg, EmbeddedSearch() as search:
+    engine = os.environ.get("ENGINE", "osmem")
+    if engine == "opensearch":
+        say("Starting an embedded PostgreSQL and a real OpenSearch node (Java, Maven jars)")
+    else:
+        say("Starting an embedded PostgreSQL and osmem, an in-memory OpenSearch")
+    with EmbeddedPostgres(WORKDIR / "pgdata") as pg, search_server(engine) as search:
         relay = Relay(search.url)
         metrics_port = free_port()
         env = {

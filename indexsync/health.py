@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from indexsync.logs import redact
+from indexsync.status import STALLED
 
 Server = Literal["postgresql", "search"]
 SERVERS: Final[tuple[Server, ...]] = ("postgresql", "search")
@@ -108,10 +109,16 @@ class Health:
             for index, why in sorted(self._paused.items()):
                 if index not in self._index_problems:
                     reasons.append(f"index {index!r} paused: {why}")
-            for index, problems in sorted(self._index_problems.items()):
-                reasons.extend(f"index {index!r}: {problem}" for problem in problems)
             stalled_for = now - self._moved_at
-            if self._backlog and stalled_for > self.stall_seconds:
+            stalled = bool(self._backlog) and stalled_for > self.stall_seconds
+            for index, problems in sorted(self._index_problems.items()):
+                reasons.extend(
+                    f"index {index!r}: {problem}"
+                    for problem in problems
+                    # The pipeline's own stall below says it once, for every index.
+                    if not (stalled and problem.startswith(STALLED))
+                )
+            if stalled:
                 reasons.append(
                     f"stalled: backlog of {self._backlog} change(s) has not moved for "
                     f"{stalled_for:.0f}s (limit {self.stall_seconds:g}s)"

@@ -17,6 +17,10 @@ from indexsync.rows import WorkerSeen
 from indexsync.store import Store
 
 
+# How a stalled index's problem starts (readiness has a stall clock of its own).
+STALLED = "oldest pending change"
+
+
 @dataclass
 class IndexStatus:
     """The health of one index as the database sees it."""
@@ -69,7 +73,7 @@ class IndexStatus:
             and not recent
         ):
             self.problems.append(
-                f"oldest pending change is {self.oldest_pending_seconds:.0f}s old "
+                f"{STALLED} is {self.oldest_pending_seconds:.0f}s old "
                 f"(more than INDEXSYNC_STALL_SECONDS={stall_seconds:g}): is a worker running?"
             )
         if self.dead_letters:

@@ -122,7 +122,7 @@ def test_metrics_count_batches_errors_and_reconnects() -> None:
     metrics.count_errors("posts", "something new")  # an unknown type stays bounded: "other"
     metrics.reconnect("postgresql")
     metrics.reconnect("postgresql")
-    metrics.reconnect("elasticsearch")
+    metrics.reconnect("search")
 
     assert value(metrics, "indexsync_changes_total", index="posts") == 6
     assert value(metrics, "indexsync_documents_indexed_total", index="posts") == 4
@@ -253,7 +253,7 @@ def test_health_needs_both_servers_and_movement() -> None:
     clock.now += 21  # no check for a while: the poller hangs or died
     assert health.readiness().reasons == [
         "postgresql: last successful check 21s ago",
-        "elasticsearch: last successful check 21s ago",
+        "search: last successful check 21s ago",
     ]
 
 

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # schema version, no binding state, no SQLSTATE on dead letters.
 DOWNGRADE_TO_UNVERSIONED = """
 DROP TABLE indexsync.bindings;
-DELETE FROM indexsync.meta WHERE key = 'bindings_version';
+DROP TABLE indexsync.workers;
+ALTER TABLE indexsync.rebuilds DROP COLUMN floor;
+DELETE FROM indexsync.meta WHERE key IN ('bindings_version', 'install_id');
 DROP TABLE indexsync.binding_state;
 ALTER TABLE indexsync.dead_letters DROP COLUMN sqlstate;
 DELETE FROM indexsync.meta WHERE key = 'schema_version';
