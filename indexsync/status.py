@@ -16,7 +16,6 @@ from typing import Any
 from indexsync.rows import WorkerSeen
 from indexsync.store import Store
 
-
 # How a stalled index's problem starts (readiness has a stall clock of its own).
 STALLED = "oldest pending change"
 
