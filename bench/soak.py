@@ -8,9 +8,14 @@ every SOAK_SAMPLE_S (default 10) seconds the outbox's total size, live and dead 
 the worker's claim and batch times from its `batch.done` events. At the end the writers
 stop, the worker drains, and `indexsync verify` must find the index equal to the table.
 
+The table is loaded after `install`, as a data import would be: its rows reach the outbox,
+and the new index's backfill (recorded by `install`) runs beside the soak's writes once
+the worker starts; `backfill_events` in the results says what it wrote and skipped.
+
 Settings (environment): SOAK_MINUTES, SOAK_RATE (writes/s, default 1000), SOAK_ROWS (table
 size, default 100000), SOAK_SAMPLE_S, SOAK_SINK (`server`, the default: the search server
-itself; `null`: bench/null_sink.py, to take the search server's own pace out).
+itself; `null`: bench/null_sink.py, to take the search server's own pace out), and
+BENCH_ENGINE=opensearch for a real OpenSearch node instead of osmem.
 Writes bench/soak-results.json.
 """
 
@@ -125,7 +130,8 @@ def soak(
     ws: Workspace, sink_url: str | None, minutes: float, rate: float, rows: int, sample_s: float
 ) -> dict[str, Any]:
     """Run the writers and one worker for `minutes`; every sample and the figures."""
-    ws.install(notify=False)
+    # With a backfill, as `install` records one for a new index; the import comes after.
+    ws.install(notify=False, backfill=True)
     ws.insert_range(1, rows)
     ws.sql(sql.SQL("ANALYZE {}").format(sql.Identifier(ws.table)))
     settings = {"elasticsearch_url": sink_url} if sink_url else None
@@ -213,6 +219,12 @@ def soak(
     first = _batches(worker, begun_wall, begun_wall + minute)
     last = _batches(worker, begun_wall + duration - minute, begun_wall + duration)
     lag_values = [v for _, v in lags]
+    # The new index's backfill runs beside the soak's writes; it skips what live sync wrote.
+    backfill = [
+        {k: e.get(k) for k in ("event", "rows", "skipped", "error", "timestamp")}
+        for e in worker.events()
+        if str(e.get("event", "")).startswith("backfill.")
+    ]
     return {
         "figures": {
             "soak_lag_p99_s": round(_percentile(lag_values, 0.99), 3),
@@ -244,6 +256,7 @@ def soak(
             "lag": _LAG,
             "method": __doc__,
         },
+        "backfill_events": backfill,
         "left_in_outbox_after_drain": left,
         "verify": verify.strip().splitlines()[-1] if verify.strip() else "",
         "samples": samples,
