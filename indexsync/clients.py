@@ -264,7 +264,9 @@ class OpenSearchRest:
                 method, path, params=query, body=body, headers=headers, timeout=self._timeout
             )
         except opensearchpy.ConnectionError as exc:
-            raise SearchUnavailable(redact(f"cannot reach the search server: {exc}")) from exc
+            raise SearchUnavailable(
+                redact(f"cannot reach the search server: {_root_cause(exc)}")
+            ) from exc
         except opensearchpy.TransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else 502
             raise HttpFailure(status, exc.info) from exc
@@ -276,6 +278,16 @@ class OpenSearchRest:
     def close(self) -> None:
         """See `Rest.close`."""
         self._client.close()
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*")
+
+
+def _root_cause(exc: Exception) -> str:
+    """One reason for a failed connection, not the client's 'X caused by: X' chain."""
+    cause = getattr(exc, "info", None)
+    text = str(cause) if isinstance(cause, BaseException) else str(exc)
+    return _OBJECT_REPR.sub("", text).strip() or type(exc).__name__
 
 
 def _param(value: Any) -> Any:
