@@ -15,6 +15,7 @@ from indexsync import capture, migrations, ownership, versions
 from indexsync.bindings import Binding, BindingsFile
 from indexsync.catalog import resolve
 from indexsync.errors import ConfigError, DatabaseUnavailable, IndexsyncError, SearchUnavailable
+from indexsync.indexes import missing_alias
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.status import assess, collect
@@ -198,7 +199,7 @@ def _check_search(
     for alias in aliases:
         targets = search.alias_targets(alias)
         if not targets:
-            result.problems.append(f"index alias {alias!r} is missing: run `indexsync install`")
+            result.problems.append(str(missing_alias(search, alias)))
         elif len(targets) > 1:
             result.problems.append(f"alias {alias!r} points at several indexes: {targets}")
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from indexsync.errors import ConfigError
+from indexsync.errors import ConfigError, IndexMissing
 from indexsync.search import Search
 from indexsync.settings import Settings
 
@@ -30,6 +30,26 @@ def index_body(mapping: dict[str, Any], settings: Settings) -> dict[str, Any]:
         index_settings["index.gc_deletes"] = f"{settings.gc_deletes}s"
     body["settings"] = index_settings
     return body
+
+
+def missing_alias(search: Search, alias: str) -> IndexMissing:
+    """The error for an alias that is gone, with the fix that keeps what is left.
+
+    When a physical index of the alias is still there, putting the alias back keeps its
+    documents; `install` would build a new generation from scratch beside it.
+    """
+    left = search.generations(alias)
+    if left:
+        newest = left[-1]
+        return IndexMissing(
+            f"index alias {alias!r} does not exist on the search server, but its index "
+            f"{newest} does: put the alias back with POST /_aliases "
+            f'{{"actions": [{{"add": {{"index": "{newest}", "alias": "{alias}"}}}}]}} '
+            f"(`indexsync install` would build a new index from scratch beside it)"
+        )
+    return IndexMissing(
+        f"index alias {alias!r} does not exist on the search server; run `indexsync install`"
+    )
 
 
 def create_generation(

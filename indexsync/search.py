@@ -198,6 +198,14 @@ class Search:
             return []
         return sorted(self._call("GET", _path("_alias", alias)))
 
+    def generations(self, alias: str) -> list[str]:
+        """The physical indexes named like the alias's generations (`<alias>-<n>`)."""
+        found = self._call("GET", _path(f"{alias}-*", "_alias"))
+        prefix = f"{alias}-"
+        return sorted(
+            name for name in found if name.startswith(prefix) and name[len(prefix) :].isdigit()
+        )
+
     def exists(self, name: str) -> bool:
         """Whether an index or alias of this name exists."""
         return bool(self._call("HEAD", _path(name)))

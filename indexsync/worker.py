@@ -21,11 +21,11 @@ from indexsync.bulk import Op, build_ops
 from indexsync.errors import (
     CredentialsRejected,
     DatabaseUnavailable,
-    IndexMissing,
     IndexsyncError,
     SearchUnavailable,
 )
 from indexsync.health import Health
+from indexsync.indexes import missing_alias
 from indexsync.logs import get_logger
 from indexsync.metrics import DEAD_LETTER, REQUEUED, BatchCounts, Metrics
 from indexsync.reindex import Interrupted, Reindexer
@@ -208,10 +208,7 @@ class Worker:
         """Fail fast when an alias the bindings need is missing."""
         for alias in self.bindings:
             if not self.search.alias_targets(alias):
-                raise IndexMissing(
-                    f"index alias {alias!r} does not exist on the search server; "
-                    "run `indexsync install`"
-                )
+                raise missing_alias(self.search, alias)
 
     def check_versions(self) -> None:
         """Refuse to start on an index another database owns, or one ahead of the database's
@@ -498,10 +495,7 @@ class Worker:
         """Why a newly installed index cannot be written yet, or None."""
         try:
             if not self.search.alias_targets(alias):
-                return (
-                    f"index alias {alias!r} does not exist on the search server; "
-                    "run `indexsync install`"
-                )
+                return str(missing_alias(self.search, alias))
             ownership.require_owned(self.search, alias, ownership.this_database(store))
             versions.check_sequence(store, self.search, alias)
         except IndexsyncError as exc:

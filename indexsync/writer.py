@@ -138,8 +138,8 @@ class BulkWriter:
                     )  # fmt: skip
                 else:
                     raise IndexMissing(
-                        f"index {op.index!r} (of alias {op.alias!r}) does not exist on the "
-                        "search server; run `indexsync install` or `indexsync reindex`"
+                        f"index alias {op.alias!r} does not exist on the search server "
+                        f"(index {op.index!r} is gone); run `indexsync check` for the fix"
                     )
             pending = retry
             if pending:

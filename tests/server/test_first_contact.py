@@ -83,3 +83,20 @@ def test_the_repository_tracks_no_link_pointing_outside_it() -> None:
     for link in links:
         target = (ROOT / link).parent / os.readlink(ROOT / link)
         assert target.resolve().is_relative_to(ROOT), f"{link} points outside the clone"
+
+
+def test_a_deleted_alias_gets_one_message_with_the_fix_that_keeps_the_index(env: Env) -> None:
+    env.sql("CREATE TABLE t (id int PRIMARY KEY)")
+    env.bindings(f'[indexes.{env.alias("t")}]\ntable = "t"\n')
+    env.install()
+    alias, index = env.alias("t"), f"{env.alias('t')}-1"
+    env.http.request(
+        "POST", "/_aliases", body={"actions": [{"remove": {"index": index, "alias": alias}}]}
+    )
+    run, check = env.cli("run", "--until-idle"), env.cli("check")
+    assert run.returncode == 2 and check.returncode == 1
+    advice = f"but its index {index} does: put the alias back with POST /_aliases"
+    assert advice in run.stderr and advice in check.stdout
+    env.http.request("DELETE", f"/{index}")
+    run = env.cli("run", "--until-idle")
+    assert "does not exist on the search server; run `indexsync install`" in run.stderr
