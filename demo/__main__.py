@@ -30,7 +30,7 @@ from indexsync.search import Search
 from indexsync.settings import Settings
 
 WORKDIR = Path(".demo")
-BINDINGS_FILE = Path("indexsync.example.toml")
+BINDINGS_FILE = Path(__file__).parent / "indexsync.toml"
 MAPPING_FILE = Path(__file__).parent / "mappings" / "articles.json"
 
 SCHEMA = """
