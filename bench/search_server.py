@@ -11,35 +11,17 @@ BENCH_ENGINE=opensearch, a real OpenSearch node takes osmem's place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from types import FrameType
-from typing import Any
 
 import structlog
 
-from indexsync.embedded import EmbeddedSearch
 from tests.support.esproxy import CompatProxy
-from tests.support.opensearch_node import OpenSearchNode
-
-
-@contextlib.contextmanager
-def _engine() -> Iterator[Any]:
-    """osmem, or with BENCH_ENGINE=opensearch a real OpenSearch node (Maven Central jars)."""
-    engine = os.environ.get("BENCH_ENGINE", "osmem")
-    if engine == "osmem":
-        with EmbeddedSearch() as search:
-            yield search
-        return
-    if engine != "opensearch":
-        raise SystemExit(f"BENCH_ENGINE={engine!r}: expected 'osmem' or 'opensearch'")
-    with OpenSearchNode() as node:
-        yield node
+from tests.support.opensearch_node import search_engine
 
 
 def main() -> int:
@@ -61,7 +43,7 @@ def main() -> int:
             pass
         stop.set()
 
-    with _engine() as search:
+    with search_engine(os.environ.get("BENCH_ENGINE", "osmem"), "BENCH_ENGINE") as search:
         if "--direct" in sys.argv[1:]:
             # As an OpenSearch server: what a peer tool in OpenSearch mode talks to.
             print(json.dumps({"url": search.url, "upstream_url": search.url}), flush=True)

@@ -8,7 +8,6 @@ server refuses, a rebuild under live writes, and `verify` proving zero drift at 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -19,15 +18,18 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from indexsync.embedded import EmbeddedPostgres, EmbeddedSearch
+from indexsync.embedded import EmbeddedPostgres
 from indexsync.search import Search
 from indexsync.settings import Settings
+
+# A test tool, outside the package: osmem, or the same real node the engine suites run on.
+from tests.support.opensearch_node import search_engine
 
 WORKDIR = Path(".demo")
 BINDINGS_FILE = Path(__file__).parent / "indexsync.toml"
@@ -187,22 +189,6 @@ def free_port() -> int:
         return port
 
 
-@contextlib.contextmanager
-def search_server(engine: str) -> Iterator[Any]:
-    """osmem (pure pip, the default), or with ENGINE=opensearch a real OpenSearch node."""
-    if engine == "osmem":
-        with EmbeddedSearch() as search:
-            yield search
-        return
-    if engine != "opensearch":
-        raise SystemExit(f"ENGINE={engine!r}: expected 'osmem' or 'opensearch'")
-    # A test tool, outside the package: the same node the engine suites run on.
-    from tests.support.opensearch_node import OpenSearchNode
-
-    with OpenSearchNode() as node:
-        yield node
-
-
 def main() -> int:
     """Run the demo; exits by itself."""
     if not BINDINGS_FILE.exists() or not MAPPING_FILE.exists():
@@ -219,7 +205,7 @@ def main() -> int:
         say("Starting an embedded PostgreSQL and a real OpenSearch node (Java, Maven jars)")
     else:
         say("Starting an embedded PostgreSQL and osmem, an in-memory OpenSearch")
-    with EmbeddedPostgres(WORKDIR / "pgdata") as pg, search_server(engine) as search:
+    with EmbeddedPostgres(WORKDIR / "pgdata") as pg, search_engine(engine) as search:
         relay = Relay(search.url)
         metrics_port = free_port()
         env = {

@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -265,6 +265,22 @@ class OpenSearchNode:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def search_engine(name: str, variable: str = "ENGINE") -> Iterator[Any]:
+    """A running search server by name: `osmem` (the pure-pip default) or `opensearch` (a
+    real node); the object has `url`. `variable` names the setting in the error."""
+    if name == "osmem":
+        from indexsync.embedded import EmbeddedSearch
+
+        with EmbeddedSearch() as search:
+            yield search
+        return
+    if name != "opensearch":
+        raise SystemExit(f"{variable}={name!r}: expected 'osmem' or 'opensearch'")
+    with OpenSearchNode() as node:
+        yield node
 
 
 def main() -> int:
