@@ -17,7 +17,7 @@ from indexsync.bulk import Op
 from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
 from indexsync.indexes import create_generation, index_body
 from indexsync.logs import get_logger
-from indexsync.rows import DeadLetter, Document
+from indexsync.rows import Document
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
@@ -374,12 +374,7 @@ class Reindexer:
 
         A later change of the row, or `deadletters retry`, brings it back through live sync.
         """
-        letters = [
-            DeadLetter(
-                alias, f.doc_id, watermark, None, "document_query_failed", f.message, f.sqlstate
-            )
-            for f in failures
-        ]
+        letters = [failure.letter(alias, watermark) for failure in failures]
         with store.transaction():
             store.add_dead_letters(letters)
         for failure in failures:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from indexsync import documents
 from indexsync.bindings import Binding
 from indexsync.errors import IndexsyncError, QueryFailed
-from indexsync.rows import Document
+from indexsync.rows import DeadLetter, Document
 from indexsync.store import Store
 
 
@@ -26,6 +26,12 @@ class RowFailure:
     doc_id: str
     sqlstate: str
     message: str
+
+    def letter(self, alias: str, version: int) -> DeadLetter:
+        """The dead letter of this row, with PostgreSQL's text and SQLSTATE."""
+        return DeadLetter(
+            alias, self.doc_id, version, None, "document_query_failed", self.message, self.sqlstate
+        )
 
 
 class BindingBroken(IndexsyncError):

@@ -780,17 +780,7 @@ class Worker:
         for failure in result.failures:
             # No item for this id: its document stays as it was until the row can be read.
             ids.discard(failure.doc_id)
-            unbuilt.append(
-                DeadLetter(
-                    alias,
-                    failure.doc_id,
-                    version,
-                    None,
-                    "document_query_failed",
-                    failure.message,
-                    failure.sqlstate,
-                )
-            )
+            unbuilt.append(failure.letter(alias, version))
             log.warning(
                 "batch.row_unreadable",
                 index=alias,
