@@ -449,7 +449,8 @@ def test_print_sql_is_the_ddl_that_install_applies(env: Env) -> None:
     # The indexes are still missing, so check reports that and only that.
     check = env.cli("check")
     assert check.returncode == 1
-    assert "capture" not in check.stdout.split("FAILED", 1)[1] and "does not exist on the search server" in check.stdout
+    assert "capture" not in check.stdout.split("FAILED", 1)[1]
+    assert "does not exist on the search server" in check.stdout
 
 
 def test_check_passes_after_install(posts: Env) -> None:
