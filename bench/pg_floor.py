@@ -68,7 +68,7 @@ def _rendered(ws: Workspace) -> dict[str, str]:
 def sync_script(ws: Workspace) -> str:
     """One worker batch, on the database's side, as a pgbench script."""
     found = _rendered(ws)
-    claim = _pg_params(found["claim"], {"limit": ":batch", "paused": ":paused"})
+    claim = _pg_params(found["claim"], {"limit": ":batch", "active": ":active"})
     fetch = _pg_params(found["fetch"], {"ids": ":ids"})
     lines = [
         "BEGIN;",
@@ -133,7 +133,8 @@ def measure_sync_floor(ws: Workspace, changes: int, batch: int, sessions: int) -
             f"--jobs={min(2, sessions)}",
             f"--transactions={per_session}",
             f"--define=batch={batch}",
-            "--define=paused={}",
+            # The worker claims the changes of the indexes it syncs: this one.
+            f"--define=active={{{ws.alias}}}",
         ],
         "sync_floor",
     )
