@@ -522,7 +522,7 @@ _PHASE_BUDGET_S = {
     "ceiling": 300,
     "reindex": 300,
     "install_wait": 240,
-    "writes": 180,
+    "writes": 360,
     "fanout": 120,
     "latency": 180,
     "recipe": 150,

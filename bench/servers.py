@@ -134,7 +134,18 @@ def _pg_settings(url: str) -> dict[str, str]:
     return values
 
 
+# The server behind each compat proxy we started: what it really is, not what the proxy says.
+_UPSTREAMS: dict[str, str] = {}
+
+
 def _search_kind(url: str) -> tuple[str, str]:
+    upstream = _UPSTREAMS.get(url)
+    if upstream is not None and upstream != url:
+        # Through the proxy GET / answers as Elasticsearch 9; ask the server itself.
+        with urllib.request.urlopen(upstream, timeout=10) as response:
+            version = json.loads(response.read())["version"]
+        kind = "osmem" if version.get("build_hash") == "osmem" else version["distribution"]
+        return f"{kind} (behind the Elasticsearch 9 compat proxy)", str(version["number"])
     with Elasticsearch(url) as es:
         version = es.info().body["version"]
     if version.get("build_hash") == "osmem":
@@ -163,7 +174,9 @@ def embedded_search(procs: ProcessGroup, workdir: Path, *, direct: bool = False)
                 f"the embedded search server failed to start (exit {proc.returncode}); "
                 f"see {workdir / 'search-server.log'}"
             )
-        yield str(json.loads(line)["url"])
+        endpoints = json.loads(line)
+        _UPSTREAMS[str(endpoints["url"])] = str(endpoints["upstream_url"])
+        yield str(endpoints["url"])
     finally:
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
