@@ -374,17 +374,9 @@ class Reindexer:
 
         A later change of the row, or `deadletters retry`, brings it back through live sync.
         """
-        letters = [failure.letter(alias, watermark) for failure in failures]
+        letters = reread.dead_letters(alias, watermark, failures, "reindex.row_unreadable")
         with store.transaction():
             store.add_dead_letters(letters)
-        for failure in failures:
-            log.warning(
-                "reindex.row_unreadable",
-                index=alias,
-                doc_id=failure.doc_id,
-                sqlstate=failure.sqlstate,
-                error=failure.message,
-            )
         return len(letters)
 
     def _landed(

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from indexsync import documents
 from indexsync.bindings import Binding
 from indexsync.errors import IndexsyncError, QueryFailed
+from indexsync.logs import get_logger
 from indexsync.rows import DeadLetter, Document
 from indexsync.store import Store
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,21 @@ def _bisect(store: Store, binding: Binding, ids: list[str], result: Reread) -> N
                 result.failures.append(RowFailure(part[0], exc.sqlstate, exc.detail))
             else:
                 _bisect(store, binding, part, result)
+
+
+def dead_letters(
+    alias: str, version: int, failures: Sequence[RowFailure], event: str
+) -> list[DeadLetter]:
+    """The dead letters of rows PostgreSQL could not build, each logged as `event`."""
+    for failure in failures:
+        log.warning(
+            event,
+            index=alias,
+            doc_id=failure.doc_id,
+            sqlstate=failure.sqlstate,
+            error=failure.message,
+        )
+    return [failure.letter(alias, version) for failure in failures]
 
 
 @dataclass(frozen=True)

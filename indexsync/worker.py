@@ -584,7 +584,7 @@ class Worker:
                 except reread.BindingBroken as exc:
                     reason = str(exc)
             if reason is not None or binding is None:
-                state.reason = reason or f"index {alias!r}: no longer in the bindings file"
+                state.reason = reason or f"index {alias!r}: its binding is no longer installed"
                 state.failures += 1
                 state.retry_at = now + backoff(state.failures, _PAUSE_MAX_DELAY)
                 if alias not in self._recorded_pauses:
@@ -777,17 +777,9 @@ class Worker:
         if not ids:
             return []
         result = reread.read(store, binding, sorted(ids))
-        for failure in result.failures:
-            # No item for this id: its document stays as it was until the row can be read.
-            ids.discard(failure.doc_id)
-            unbuilt.append(failure.letter(alias, version))
-            log.warning(
-                "batch.row_unreadable",
-                index=alias,
-                doc_id=failure.doc_id,
-                sqlstate=failure.sqlstate,
-                error=failure.message,
-            )
+        # No item for these ids: their documents stay as they were until the rows can be read.
+        ids.difference_update(failure.doc_id for failure in result.failures)
+        unbuilt.extend(reread.dead_letters(alias, version, result.failures, "batch.row_unreadable"))
         return build_ops(alias, targets, ids, result.docs, version)
 
     def _indexed_ids(self, alias: str, targets: list[tuple[str, bool]], version: int) -> set[str]:
