@@ -42,16 +42,16 @@ def _slug(name: str) -> str:
 # Ids are compared as text in the "C" collation: two ids are the same document exactly
 # when their text is the same, whatever the key column's collation says.
 _FUNCTION_BODY: LiteralString = """
--- indexsync capture, format 3 (security definer, qualified names)
+-- indexsync capture, format 4 (security definer, qualified names, notes the write)
 DECLARE
     new_id pg_catalog.text;
     old_id pg_catalog.text;
     old_row pg_catalog.jsonb;
     new_row pg_catalog.jsonb;
 BEGIN
-    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN{note}
         {on_truncate}
-    ELSE{unchanged}
+    ELSE{unchanged}{note}
         IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
             new_id := {new_id};
             IF new_id IS NOT NULL THEN
@@ -108,8 +108,8 @@ _TRUNCATE_ALL: LiteralString = (
 # when an UPDATE did not change it, and records both ids when it did. {distinct} folds the
 # rows of a dependent table that name the same document.
 _STATEMENT_BODY: LiteralString = """
--- indexsync capture, format 3 (statement level, security definer, qualified names)
-BEGIN
+-- indexsync capture, format 4 (statement level, security definer, qualified names, notes the write)
+BEGIN{note}
     IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
         {on_truncate}
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
@@ -131,6 +131,19 @@ BEGIN
     RETURN NULL;
 END
 """
+
+# Where the session's latest writing transaction began, for `indexsync.wait_for_search`:
+# a waiter counts the dead letters of changes from there on as its own. Set once per
+# transaction (the first row costs two set_config calls, the others one comparison); a
+# session setting, so it outlives the commit, and a rollback takes it back.
+_NOTE_WRITE: LiteralString = """
+        IF NOT COALESCE(pg_catalog.current_setting('indexsync.write_xact', true)
+                OPERATOR(pg_catalog.=) pg_catalog.pg_current_xact_id()::pg_catalog.text, false) THEN
+            PERFORM pg_catalog.set_config('indexsync.write_from',
+                (SELECT s.last_value FROM indexsync.change_seq s)::pg_catalog.text, false);
+            PERFORM pg_catalog.set_config('indexsync.write_xact',
+                pg_catalog.pg_current_xact_id()::pg_catalog.text, false);
+        END IF;"""
 
 # A constant payload lets PostgreSQL fold every NOTIFY of a transaction into one.
 _NOTIFY: LiteralString = "\n    PERFORM pg_catalog.pg_notify('indexsync', '');"
@@ -235,6 +248,7 @@ def function_body(
             **common,
             distinct=sql.SQL("DISTINCT " if capture.source is not None else ""),
             notify=sql.SQL(_NOTIFY_IF_FOUND if notify else ""),
+            note=sql.SQL(_NOTE_WRITE),
         )
     unchanged: sql.Composable = sql.SQL("")
     if capture.changes is not None:
@@ -252,7 +266,10 @@ def function_body(
         columns = sql.SQL(_UNCHANGED_COLUMNS).format(old=values("old_row"), new=values("new_row"))
         unchanged = sql.Composed([unchanged, columns])
     return sql.SQL(_FUNCTION_BODY).format(
-        **common, unchanged=unchanged, notify=sql.SQL(_NOTIFY if notify else "")
+        **common,
+        unchanged=unchanged,
+        notify=sql.SQL(_NOTIFY if notify else ""),
+        note=sql.SQL(_NOTE_WRITE),
     )
 
 

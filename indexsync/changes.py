@@ -16,6 +16,19 @@ class IndexWork:
     truncate: bool = False
     # Keys of changed rows of dependent tables, by table, to map to document ids.
     keys: dict[str, set[str]] = field(default_factory=dict)
+    # The origins (first seqs) of the changes behind this index's documents: all of them,
+    # and those that named each document by id. A waiter compares them with its own.
+    first: int | None = None
+    last: int | None = None
+    by_doc: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def span(self, doc_id: str) -> tuple[int, int]:
+        """The origins of the changes that may stand behind one document of this batch."""
+        if not (self.truncate or self.keys) and doc_id in self.by_doc:
+            return self.by_doc[doc_id]
+        # A document found through a dependent key or a TRUNCATE may stand for any change.
+        assert self.first is not None and self.last is not None
+        return self.first, self.last
 
 
 def plan(changes: Iterable[Change]) -> dict[str, IndexWork]:
@@ -23,6 +36,9 @@ def plan(changes: Iterable[Change]) -> dict[str, IndexWork]:
     work: dict[str, IndexWork] = {}
     for change in changes:
         item = work.setdefault(change.index_name, IndexWork())
+        origin = change.origin
+        item.first = origin if item.first is None else min(item.first, origin)
+        item.last = origin if item.last is None else max(item.last, origin)
         if change.kind == KIND_TRUNCATE:
             item.truncate = True
         elif change.doc_id is None:
@@ -31,4 +47,6 @@ def plan(changes: Iterable[Change]) -> dict[str, IndexWork]:
             item.keys.setdefault(change.source, set()).add(change.doc_id)
         else:
             item.ids.add(change.doc_id)
+            low, high = item.by_doc.get(change.doc_id, (origin, origin))
+            item.by_doc[change.doc_id] = (min(low, origin), max(high, origin))
     return work

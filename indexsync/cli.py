@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 import threading
 import traceback
 from collections.abc import Callable, Sequence
@@ -136,6 +137,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         host=settings.metrics_host,
         stall_seconds=settings.stall_seconds,
         interval=settings.health_interval,
+        max_lag=settings.ready_max_lag,
     )
     try:
         with (
@@ -300,6 +302,34 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
             )
         if not rows:
             print("no dead letters")
+    return 0
+
+
+def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
+    """Wait until every change committed before now is searchable (the CLI twin of
+    `indexsync.wait_for_search`); exit 1 naming each index that is not, and why."""
+    deadline = time.monotonic() + args.timeout
+    with Store.connect(settings, role="wait") as store:
+        migrations.require_current(store)
+        installed = sorted(row.index_name for row in store.installed_bindings())
+        unknown = [alias for alias in args.alias if alias not in installed]
+        if unknown:
+            raise ConfigError(
+                f"no binding is installed for {', '.join(map(repr, unknown))}; installed: "
+                f"{', '.join(installed) or 'none'}"
+            )
+        late = []
+        for alias in args.alias or installed:
+            left = max(deadline - time.monotonic(), 0.0)
+            ok, said = store.wait_for_search(alias, left)
+            if not ok:
+                prefix = f"indexsync.wait_for_search({alias}): "
+                why = "; ".join(m.removeprefix(prefix) for m in said) or "not searchable in time"
+                late.append(alias)
+                print(f"indexsync: index {alias!r} is not searchable: {why}", file=sys.stderr)
+    if late:
+        return 1
+    print(f"searchable: {', '.join(args.alias or installed) or 'no index is installed'}")
     return 0
 
 
@@ -510,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
         "run", cmd_run, "Run the sync worker until SIGTERM or SIGINT.", "indexsync run --until-idle"
     )
     p.add_argument("--until-idle", action="store_true", help="drain the backlog, then exit")
+    p = add(
+        "wait",
+        cmd_wait,
+        "Wait until every change committed before now is searchable (what an application "
+        "does with `SELECT indexsync.wait_for_search(...)`); exit 1 on a timeout or a dead "
+        "letter, naming the index and why.",
+        "indexsync wait posts --timeout 10",
+    )
+    p.add_argument("alias", nargs="*", help="indexes to wait for (default: every installed one)")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait at most, in all (default 30)"
+    )
     p = add(
         "status",
         cmd_status,

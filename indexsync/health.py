@@ -36,12 +36,16 @@ class Health:
         stall_seconds: float = 60.0,
         *,
         stale_after: float | None = None,
+        max_lag: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if stall_seconds <= 0:
             raise ValueError("stall_seconds must be positive")
         self.stall_seconds = stall_seconds
         self.stale_after = stale_after
+        # INDEXSYNC_READY_MAX_LAG: the oldest change not yet searchable may be this old.
+        self.max_lag = max_lag
+        self._freshness: dict[str, float] = {}
         self._clock = clock
         self._lock = threading.Lock()
         now = clock()
@@ -84,6 +88,11 @@ class Health:
         with self._lock:
             self._index_problems = {k: list(v) for k, v in problems.items() if v}
 
+    def set_freshness(self, freshness: Mapping[str, float]) -> None:
+        """Record each syncing index's freshness: the age of its oldest unwritten change."""
+        with self._lock:
+            self._freshness = dict(freshness)
+
     def batch_done(self) -> None:
         """Record that a batch was acknowledged (movement even while writers outpace us)."""
         with self._lock:
@@ -109,6 +118,13 @@ class Health:
             for index, why in sorted(self._paused.items()):
                 if index not in self._index_problems:
                     reasons.append(f"index {index!r} paused: {why}")
+            if self.max_lag is not None:
+                for index, age in sorted(self._freshness.items()):
+                    if age > self.max_lag:
+                        reasons.append(
+                            f"index {index!r}: its oldest change not yet searchable is "
+                            f"{age:.0f}s old (INDEXSYNC_READY_MAX_LAG={self.max_lag:g})"
+                        )
             stalled_for = now - self._moved_at
             stalled = bool(self._backlog) and stalled_for > self.stall_seconds
             for index, problems in sorted(self._index_problems.items()):

@@ -54,6 +54,12 @@ BATCH_BUCKETS: Final[tuple[float, ...]] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
+# Commit to searchable: the refresh interval (1 s by default) dominates without waiters,
+# tens of milliseconds with them; a backlog stretches it to minutes.
+FRESHNESS_BUCKETS: Final[tuple[float, ...]] = (
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+)  # fmt: skip
+
 
 def error_type(status: int) -> str:
     """The `type` label for a bulk item refused with this HTTP status."""
@@ -148,6 +154,16 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.commit_to_searchable = Histogram(
+            "indexsync_commit_to_searchable_seconds",
+            "Seconds from a change's transaction (the outbox row's created_at: the start of the "
+            "transaction that recorded it, an upper bound of its commit) to its document being "
+            "searchable, bounded from above: written, plus the index's refresh interval, or "
+            "the waiters' refresh interval while indexsync refreshes it for waiters.",
+            ["index"],
+            buckets=FRESHNESS_BUCKETS,
+            registry=r,
+        )
         self.reconnects = Counter(
             "indexsync_reconnects",
             "Times the worker lost a server and backed off before retrying.",
@@ -222,6 +238,12 @@ class Metrics:
             for kind, count in counts.errors.items():
                 self.count_errors(index, kind, count)
             self.last_success.labels(index).set(now)
+
+    def observe_freshness(self, index: str, seconds: Iterable[float]) -> None:
+        """Record how long after their commit changes of one index became searchable."""
+        child = self.commit_to_searchable.labels(index)
+        for value in seconds:
+            child.observe(max(value, 0.0))
 
     def count_errors(self, index: str, kind: str, count: int = 1) -> None:
         """Count bulk items of one error type (unknown types are counted as `other`)."""

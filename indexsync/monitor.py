@@ -29,6 +29,7 @@ class Monitor:
         interval: float = 5.0,
         query_timeout: float = 10.0,
         stale_after: float | None = None,
+        max_lag: float | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.metrics = Metrics(registry, indexes=aliases)
@@ -36,7 +37,7 @@ class Monitor:
         # ping to time out) means the poller is stuck: stop claiming readiness.
         if stale_after is None:
             stale_after = 3 * interval + 3 * query_timeout
-        self.health = Health(stall_seconds, stale_after=stale_after)
+        self.health = Health(stall_seconds, stale_after=stale_after, max_lag=max_lag)
         self.enabled = port != 0
         self.poller = StatusPoller(
             connect=connect,

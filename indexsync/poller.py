@@ -112,6 +112,10 @@ class StatusPoller:
         # A paused index's backlog waits for a fix, not for this worker: it is no stall.
         self.health.progress(sum(row.backlog for row in rows if row.index not in paused))
         self.health.set_paused(paused)
+        # A paused index is said to be paused; its freshness is no second reason.
+        self.health.set_freshness(
+            {row.index: row.freshness_seconds for row in rows if row.index not in paused}
+        )
         self.health.database_ok(True)
         self._report("postgresql", None)
 

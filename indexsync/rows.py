@@ -22,6 +22,9 @@ class Change:
     doc_id: str | None
     kind: str
     source: str | None
+    # The seq the change was first recorded with (a re-queued change keeps it), and when.
+    origin: int = 0
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class DeadLetter:
     error_type: str
     reason: str
     sqlstate: str | None = None
+    # The origins of the changes the letter stands for (None from a scan: no change).
+    changes: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,24 @@ class Forgotten:
 
     changes: int
     dead_letters: int
+
+
+@dataclass(frozen=True)
+class Searchable:
+    """How far one index is searchable, as the worker that refreshes it for waiters says."""
+
+    index_name: str
+    horizon: int
+    generation: int
+    refreshed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PendingFloor:
+    """The smallest seq still queued for an index (None: nothing is)."""
+
+    index_name: str
+    floor: int | None
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,21 @@ class Search:
         """Make recent writes visible to search."""
         self._call("POST", _path(name, "_refresh"))
 
+    def refresh_interval(self, name: str) -> str | None:
+        """The index's `refresh_interval` as set, or the engine's default ("1s" when the
+        answer names none)."""
+        response = self._call(
+            "GET",
+            _path(name, "_settings", "index.refresh_interval"),
+            params={"include_defaults": "true"},
+        )
+        for body in response.values():
+            for part in ("settings", "defaults"):
+                value = body.get(part, {}).get("index", {}).get("refresh_interval")
+                if value is not None:
+                    return str(value)
+        return None
+
     def put_settings(self, name: str, settings: Mapping[str, Any]) -> None:
         """Change dynamic index settings."""
         self._call("PUT", _path(name, "_settings"), body=dict(settings))

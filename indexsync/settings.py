@@ -166,6 +166,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between the checks behind `/readyz` and the backlog metrics.",
     )
+    ready_max_lag: float | None = Field(
+        default=None,
+        gt=0,
+        description="`/readyz` fails when an index's oldest change not yet written is older "
+        "than this many seconds (its freshness). Unset: only a stall fails it.",
+    )
+    wait_refresh_interval: float = Field(
+        default=0.02,
+        gt=0,
+        le=5,
+        description="Seconds between the refreshes of an index that has waiters in "
+        "`indexsync.wait_for_search` (only such indexes are refreshed).",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

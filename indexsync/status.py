@@ -43,6 +43,13 @@ class IndexStatus:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def freshness_seconds(self) -> float:
+        """The age of the oldest change not yet searchable, as far as the database knows:
+        that of the oldest change not yet written (a written one becomes searchable within
+        the index's refresh interval, or at once for a waiter in wait_for_search)."""
+        return self.oldest_pending_seconds or 0.0
+
+    @property
     def healthy(self) -> bool:
         """Whether nothing is wrong with this index."""
         return not self.problems
@@ -85,6 +92,7 @@ class IndexStatus:
             value = getattr(self, key)
             data[key] = value.isoformat() if value is not None else None
         data["healthy"] = self.healthy
+        data["freshness_seconds"] = self.freshness_seconds
         return data
 
 
@@ -168,7 +176,9 @@ def assess(
 
 def render_table(rows: list[IndexStatus]) -> str:
     """A readable table for a terminal."""
-    header = ("index", "backlog", "lag (s)", "dead letters", "last success", "rebuild", "health")
+    header = (
+        "index", "backlog", "freshness (s)", "dead letters", "last success", "rebuild", "health"
+    )  # fmt: skip
     lines = [header]
     for row in rows:
         rebuild = "-"
@@ -177,7 +187,7 @@ def render_table(rows: list[IndexStatus]) -> str:
             rebuild = f"{row.rebuild_target} {row.rebuild_rows_done}{total} rows"
         elif row.refreshing:
             rebuild = f"refresh after schema change: {row.refresh_done} queued"
-        lag = "-" if row.oldest_pending_seconds is None else f"{row.oldest_pending_seconds:.1f}"
+        lag = f"{row.freshness_seconds:.1f}"
         last = f"{row.last_success_at:%Y-%m-%d %H:%M:%S}" if row.last_success_at else "-"
         health = "ok" if row.healthy else "; ".join(row.problems)
         lines.append(

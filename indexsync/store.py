@@ -37,7 +37,9 @@ from indexsync.rows import (
     InstalledBinding,
     InstalledTrigger,
     Rebuild,
+    PendingFloor,
     Refresh,
+    Searchable,
     StoredDeadLetter,
     Table,
     Watermark,
@@ -468,6 +470,7 @@ class Store:
                     "ids": [c.doc_id for c in changes],
                     "kinds": [c.kind for c in changes],
                     "sources": [c.source for c in changes],
+                    "origins": [c.origin or None for c in changes],
                 },
             )
 
@@ -476,13 +479,19 @@ class Store:
         if ids:
             self._named("enqueue_ids", {"index": index, "ids": list(ids)})
 
-    def requeue(self, items: set[tuple[str, str]]) -> None:
-        """Queue (index, id) pairs again (items refused for too long)."""
-        by_index: dict[str, list[str]] = {}
-        for index, doc_id in sorted(items):
-            by_index.setdefault(index, []).append(doc_id)
-        for index, ids in by_index.items():
-            self.enqueue_ids(index, ids)
+    def requeue(self, items: Mapping[tuple[str, str], int]) -> None:
+        """Queue (index, id) pairs again (items refused for too long, or by a blocked index),
+        each with the origin of the oldest change behind it."""
+        if items:
+            keys = sorted(items)
+            self._named(
+                "requeue_documents",
+                {
+                    "indexes": [k[0] for k in keys],
+                    "ids": [k[1] for k in keys],
+                    "origins": [items[k] or None for k in keys],
+                },
+            )
 
     def pending_for_ids(self, index: str, ids: Sequence[str]) -> bool:
         """Whether a change of any of these documents still waits in the outbox."""
@@ -496,6 +505,60 @@ class Store:
         """The change sequence's high-water mark."""
         value = self._named_value("last_seq")
         return int(value) if value is not None else 0
+
+    # --- read-your-writes ----------------------------------------------------------------
+
+    def waiting_indexes(self, indexes: Sequence[str]) -> list[str]:
+        """Which of these indexes have a waiter in `indexsync.wait_for_search` right now."""
+        return [row[0] for row in self._tuples(queries.get("waiting_indexes"), {"indexes": list(indexes)})]
+
+    def try_lead(self, index: str) -> int | None:
+        """Lead an index's refreshes for its waiters: the generation published, or None
+        when another session leads it."""
+        value = self._named_value("try_lead", {"index": index})
+        return int(value) if value is not None else None
+
+    def try_generation_lock(self, index: str, generation: int) -> bool:
+        """Hold a generation's lock (its waiters sleep on it)."""
+        params = {"index": index, "generation": generation}
+        return bool(self._named_value("try_generation_lock", params))
+
+    def generation_unlock(self, index: str, generation: int) -> None:
+        """Wake the waiters of a generation."""
+        self._named("generation_unlock", {"index": index, "generation": generation})
+
+    def lead_unlock(self, index: str) -> None:
+        """Stop leading an index's refreshes."""
+        self._named("lead_unlock", {"index": index})
+
+    def pending_floors(self, indexes: Sequence[str]) -> dict[str, int | None]:
+        """The smallest seq still queued for each index (None: nothing is)."""
+        rows = self._named_rows("pending_floors", PendingFloor, {"indexes": list(indexes)})
+        return {row.index_name: row.floor for row in rows}
+
+    def publish_searchable(self, index: str, horizon: int, generation: int) -> None:
+        """Say how far an index is searchable, in a new generation."""
+        params = {"index": index, "horizon": horizon, "generation": generation}
+        self._named("publish_searchable", params)
+
+    def searchable(self) -> dict[str, Searchable]:
+        """How far each index is searchable."""
+        return {row.index_name: row for row in self._named_rows("searchable", Searchable)}
+
+    def wait_for_search(self, index: str, timeout: float) -> tuple[bool, list[str]]:
+        """`indexsync.wait_for_search` in this session: its answer, and what it warned."""
+        said: list[str] = []
+
+        def notice(diag: psycopg.errors.Diagnostic) -> None:
+            if diag.message_primary:
+                said.append(redact(diag.message_primary))
+
+        self._conn.add_notice_handler(notice)
+        try:
+            answer = self._named_value("wait_for_search", {"index": index, "timeout": timeout})
+        finally:
+            self._conn.remove_notice_handler(notice)
+        return bool(answer), said
 
     def record_progress(self, landed: Mapping[str, datetime]) -> None:
         """Record when each index last had a batch land."""
@@ -519,6 +582,8 @@ class Store:
                     "types": [d.error_type for d in letters],
                     "reasons": [d.reason for d in letters],
                     "sqlstates": [d.sqlstate for d in letters],
+                    "firsts": [d.changes[0] if d.changes else None for d in letters],
+                    "lasts": [d.changes[1] if d.changes else None for d in letters],
                 },
             )
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from indexsync import __version__, migrations, ownership, refresh, reread, versions
@@ -33,6 +33,7 @@ from indexsync.rows import Change, DeadLetter
 from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.store import Store
+from indexsync.waker import Waker
 from indexsync.writer import BulkWriter, StaleRead, WriteResult, backoff
 
 log = get_logger(__name__)
@@ -164,11 +165,14 @@ class Worker:
         self._store: Store | None = None
         self._listener: Store | None = None
         self.writer = BulkWriter.from_settings(search, settings)
+        # Serves `indexsync.wait_for_search` for the indexes this worker syncs.
+        self.waker = Waker(settings, search, self.active)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release connections and threads."""
+        self.waker.stop()
         if self._backfilling is not None:
             # The scan stops at its next page; its progress is kept for whoever resumes it.
             self._backfill_stop.set()
@@ -259,6 +263,7 @@ class Worker:
             # Bindings installed after the caller resolved them are adopted before any claim.
             store = self._connect(listen=False)
             self._adopt(store, store.bindings_version())
+        self.waker.start()
         failures = 0
         log.info(
             "worker.started",
@@ -677,9 +682,14 @@ class Worker:
             # Taken before the re-read is sent: a pause while its answer is in flight
             # must count towards the read's age (see max_read_age).
             read_at = time.monotonic()
-            ops, unbuilt, stopped = self._build_ops(store, changes, rebuilds, version)
+            work = batches.plan(changes)
+            ops, unbuilt, stopped = self._build_ops(store, changes, work, rebuilds, version)
             written = self.writer.write(ops, read_at, defer=True)
             written.dead.extend(unbuilt)
+            # Each letter names the changes it stands for: a waiter tells its own by them.
+            written.dead[:] = [
+                replace(d, changes=work[d.index_name].span(d.doc_id)) for d in written.dead
+            ]
             # Older dead letters of these documents are obsolete: they landed since, or
             # failed again and get a fresh letter just below.
             if context.dead_letters:
@@ -688,10 +698,15 @@ class Worker:
                 store.clear_dead_letters(settled)
             store.add_dead_letters(written.dead)
             # Items refused for too long go back into the outbox for a later batch.
-            store.requeue({(op.alias, op.doc_id) for op in written.deferred})
             # Items an index refuses for now (a write block, a revoked privilege) wait in the
             # outbox too, and that index pauses: no dead letters, the other indexes go on.
-            store.requeue({(op.alias, op.doc_id) for op in written.blocked})
+            # Each keeps the origin of its oldest change, for the waiters of that change.
+            store.requeue(
+                {
+                    (op.alias, op.doc_id): work[op.alias].span(op.doc_id)[0]
+                    for op in (*written.deferred, *written.blocked)
+                }
+            )
             for alias, reason in written.block_reasons.items():
                 self._pause(store, alias, reason, blocked=True)
         landed_at = datetime.now(UTC)
@@ -717,12 +732,31 @@ class Worker:
             # From the batch, not only between drains: a long drain shows its progress.
             self._flush_progress(store)
         self._account(changes, ops, written, started, claimed_at, read_at)
+        if self.metrics is not None:
+            self._observe_freshness(changes, landed, landed_at)
         return len(changes)
+
+    def _observe_freshness(
+        self, changes: Sequence[Change], landed: set[str], landed_at: datetime
+    ) -> None:
+        """Each landed change's commit-to-searchable time, bounded from above (see metrics)."""
+        assert self.metrics is not None
+        by_index: dict[str, list[float]] = {}
+        bounds = {alias: self.waker.refresh_bound(alias) for alias in landed}
+        for change in changes:
+            bound = bounds.get(change.index_name)
+            if change.created_at is None or bound is None:
+                continue  # not landed, or an index that only refreshes when asked
+            seconds = (landed_at - change.created_at).total_seconds() + bound
+            by_index.setdefault(change.index_name, []).append(seconds)
+        for alias, values in by_index.items():
+            self.metrics.observe_freshness(alias, values)
 
     def _build_ops(
         self,
         store: Store,
         changes: Sequence[Change],
+        plan: dict[str, batches.IndexWork],
         rebuilds: dict[str, str],
         version: int,
     ) -> tuple[list[Op], list[DeadLetter], set[str]]:
@@ -731,7 +765,7 @@ class Worker:
         ops: list[Op] = []
         unbuilt: list[DeadLetter] = []
         stopped: set[str] = set()
-        for alias, work in batches.plan(changes).items():
+        for alias, work in plan.items():
             with self._lock:
                 binding = self.bindings.get(alias)
                 paused = alias in self._paused

@@ -130,7 +130,7 @@ WHERE seq IN (
     WHERE index_name = ANY(%(active)s::text[])
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
-RETURNING seq, index_name, doc_id, kind, source;
+RETURNING seq, index_name, doc_id, kind, source, coalesce(origin, seq) AS origin, created_at;
 
 -- name: has_pending
 -- Whether the outbox holds a row of an index this worker syncs, claimed by another worker or not.
@@ -156,9 +156,17 @@ SELECT nextval('indexsync.change_seq') AS version,
 
 -- name: requeue_changes
 -- Claimed changes handed back as they were: kind and source matter (a dependent key, a
--- TRUNCATE marker), the seq does not (the version is drawn per batch).
-INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
-SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(kinds)s::"char"[], %(sources)s::text[]);
+-- TRUNCATE marker), and so does the origin (a waiter for the change must go on waiting);
+-- the seq does not (the version is drawn per batch).
+INSERT INTO indexsync.outbox (index_name, doc_id, kind, source, origin)
+SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(kinds)s::"char"[], %(sources)s::text[],
+                     %(origins)s::bigint[]);
+
+-- name: requeue_documents
+-- Documents of a batch queued again (refused for too long, or by a blocked index), with the
+-- origin of the oldest change behind each.
+INSERT INTO indexsync.outbox (index_name, doc_id, origin)
+SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(origins)s::bigint[]);
 
 -- name: enqueue_ids
 -- Queue documents of one index (a repair, a refresh, a dead letter retried).
@@ -195,10 +203,11 @@ WITH replaced AS (
     USING unnest(%(indexes)s::text[], %(ids)s::text[]) AS u(index_name, doc_id)
     WHERE d.index_name = u.index_name AND d.doc_id = u.doc_id
 )
-INSERT INTO indexsync.dead_letters (index_name, doc_id, seq, status, error_type, reason, sqlstate)
+INSERT INTO indexsync.dead_letters
+    (index_name, doc_id, seq, status, error_type, reason, sqlstate, first_change, last_change)
 SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(seqs)s::bigint[],
                      %(statuses)s::int[], %(types)s::text[], %(reasons)s::text[],
-                     %(sqlstates)s::text[]);
+                     %(sqlstates)s::text[], %(firsts)s::bigint[], %(lasts)s::bigint[]);
 
 -- name: clear_dead_letters
 -- A document that landed at version v no longer needs the dead letters of older versions.
@@ -433,3 +442,65 @@ DELETE FROM indexsync.workers WHERE worker_id = %(worker)s;
 SELECT worker_id, host, pid, version, started_at,
        extract(epoch FROM now() - seen_at)::float8 AS silent_seconds
 FROM indexsync.workers ORDER BY seen_at DESC;
+
+-- === read-your-writes =====================================================================
+
+-- name: waiting_indexes
+-- Which of these indexes have a waiter in `indexsync.wait_for_search` now: each holds the
+-- index's wait lock while it waits (a lock is seen at once, unlike a row or a NOTIFY).
+SELECT i FROM unnest(%(indexes)s::text[]) AS i
+JOIN (
+    SELECT DISTINCT l.objid FROM pg_catalog.pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 2
+      AND l.classid = indexsync.wait_class()::oid
+) AS w ON w.objid = indexsync.wait_key(i)::oid;
+
+-- name: try_lead
+-- Become the worker that refreshes an index for its waiters, if no other is; the lock goes
+-- with the session. Returns the generation now published, or NULL when another leads.
+WITH lead AS (
+    SELECT pg_try_advisory_lock(indexsync.lead_key(%(index)s)) AS got
+), row_ AS (
+    INSERT INTO indexsync.searchable (index_name) SELECT %(index)s FROM lead WHERE got
+    ON CONFLICT (index_name) DO NOTHING
+)
+SELECT CASE WHEN got THEN coalesce(
+    (SELECT generation FROM indexsync.searchable WHERE index_name = %(index)s), 0) END
+FROM lead;
+
+-- name: try_generation_lock
+-- Hold a generation's lock: waiters that read this generation sleep on it.
+SELECT pg_try_advisory_lock(indexsync.generation_key(%(index)s, %(generation)s));
+
+-- name: generation_unlock
+-- Let go of a generation's lock: its waiters wake.
+SELECT pg_advisory_unlock(indexsync.generation_key(%(index)s, %(generation)s));
+
+-- name: lead_unlock
+-- Stop leading an index's refreshes.
+SELECT pg_advisory_unlock(indexsync.lead_key(%(index)s));
+
+-- name: pending_floors
+-- The smallest seq (or origin, for a re-queued change) still queued for each index, or NULL
+-- when none is: every change below it has been written. Read in a snapshot taken after the
+-- sequence's value that bounds the horizon (see migration 4).
+SELECT i AS index_name, least(
+    (SELECT o.seq FROM indexsync.outbox o WHERE o.index_name = i ORDER BY o.seq LIMIT 1),
+    (SELECT min(o.origin) FROM indexsync.outbox o WHERE o.index_name = i AND o.origin IS NOT NULL)
+) AS floor
+FROM unnest(%(indexes)s::text[]) AS i;
+
+-- name: publish_searchable
+-- An index is searchable up to `horizon`, in a new generation (whose lock the publisher
+-- already holds). The horizon never goes back: several workers may publish in turn.
+UPDATE indexsync.searchable
+SET horizon = greatest(horizon, %(horizon)s), generation = %(generation)s, refreshed_at = now()
+WHERE index_name = %(index)s;
+
+-- name: searchable
+-- How far each index is searchable, and when a worker last refreshed it for its waiters.
+SELECT index_name, horizon, generation, refreshed_at FROM indexsync.searchable;
+
+-- name: wait_for_search
+-- Wait until every change of the index committed before now is searchable (migration 4).
+SELECT indexsync.wait_for_search(%(index)s, make_interval(secs => %(timeout)s));
