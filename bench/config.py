@@ -9,7 +9,9 @@ from typing import Any
 SCALE_ENV = "BENCH_SCALE"
 ONLY_ENV = "BENCH_ONLY"
 # The parts of `make bench`, in the order they run.
-PARTS = ("sync", "ceiling", "reindex", "install_wait", "writes", "fanout", "latency", "recipe")
+PARTS = (
+    "sync", "ceiling", "reindex", "install_wait", "writes", "fanout", "latency", "waits", "recipe"
+)
 
 
 class BenchConfigError(ValueError):

@@ -28,6 +28,7 @@ from bench import (
     rebuild,
     recipe,
     throughput,
+    waits,
     worker_ceiling,
     writes,
 )
@@ -422,6 +423,49 @@ def run_latency(
     return [quiet["worker_peak_rss_mb"], loud["worker_peak_rss_mb"]]
 
 
+def run_waits(
+    servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
+) -> list[float]:
+    """Read-your-writes: wait_for_search's latency against the floor, and waiters' cost."""
+    found = waits.measure_wait(Workspace.create("waits", servers, procs, workdir), cfg)
+    inputs = {
+        "writes_per_s": cfg.latency_rate,
+        "seconds": cfg.latency_s,
+        "warmup_s": cfg.latency_warmup_s,
+        "method": waits.WAIT_METHOD,
+        **_servers_input(servers),
+    }
+    results.add("wait_for_search_p50_ms", found["p50_ms"], inputs)
+    results.add("wait_for_search_p99_ms", found["p99_ms"], inputs)
+    floor_p50 = results.figures.get("latency_floor_p50_ms")
+    floor_p99 = results.figures.get("latency_floor_p99_ms")
+    if floor_p50 and floor_p99:
+        # Side by side in one run: the floor is the latency phase's (a document readable by
+        # id with no sync tool at all); a waiter also waits for a refresh.
+        of = {**inputs, "of": "wait_for_search_pXX_ms / latency_floor_pXX_ms"}
+        results.add("wait_for_search_p50_vs_floor", found["p50_ms"] / float(floor_p50), of)
+        results.add("wait_for_search_p99_vs_floor", found["p99_ms"] / float(floor_p99), of)
+    ws = Workspace.create("waiters", servers, procs, workdir)
+    worker = waits.prepare_waiters(ws, cfg.tps_rows)
+    try:
+        cost = waits.measure_waiters_cost(ws, cfg, worker)
+    finally:
+        worker.stop()
+    results.add(
+        "write_tps_ratio_100_waiters",
+        cost["ratio"],
+        {
+            "rows": cfg.tps_rows,
+            "rounds": cfg.tps_rounds,
+            "round_s": cfg.tps_round_s,
+            "method": waits.WAITERS_METHOD,
+            **_servers_input(servers),
+        },
+    )
+    results.details["waits"] = {"latency": found, "waiters_cost": cost}
+    return [found["worker_peak_rss_mb"], round(worker.memory.peak_mb, 1)]
+
+
 def run_recipe(
     servers: Servers, procs: ProcessGroup, workdir: Path, cfg: BenchConfig, results: Results
 ) -> list[float]:
@@ -499,6 +543,8 @@ def run(cfg: BenchConfig, workdir: Path) -> Results:
             phases.run(run_fanout, servers, procs, workdir, cfg, results)
         if phases.start("latency"):
             rss += phases.run(run_latency, servers, procs, workdir, cfg, results) or []
+        if phases.start("waits"):
+            rss += phases.run(run_waits, servers, procs, workdir, cfg, results) or []
         if phases.start("recipe"):
             rss += phases.run(run_recipe, servers, procs, workdir, cfg, results) or []
         if rss:
@@ -525,6 +571,7 @@ _PHASE_BUDGET_S = {
     "writes": 360,
     "fanout": 120,
     "latency": 180,
+    "waits": 150,
     "recipe": 150,
 }
 # `make bench` ends within 25 minutes on any engine: the phases share 23 of them.

@@ -118,6 +118,14 @@ class Searchable:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """An index with waiters, and the smallest seq one of them waits for."""
+
+    index_name: str
+    target: int
+
+
+@dataclass(frozen=True)
 class PendingFloor:
     """The smallest seq still queued for an index (None: nothing is)."""
 

@@ -42,6 +42,7 @@ from indexsync.rows import (
     Searchable,
     StoredDeadLetter,
     Table,
+    Waiting,
     Watermark,
     WorkerSeen,
 )
@@ -508,9 +509,11 @@ class Store:
 
     # --- read-your-writes ----------------------------------------------------------------
 
-    def waiting_indexes(self, indexes: Sequence[str]) -> list[str]:
-        """Which of these indexes have a waiter in `indexsync.wait_for_search` right now."""
-        return [row[0] for row in self._tuples(queries.get("waiting_indexes"), {"indexes": list(indexes)})]
+    def waiting_indexes(self, indexes: Sequence[str]) -> dict[str, int]:
+        """Which of these indexes have waiters in `indexsync.wait_for_search` right now, and
+        the smallest seq one of them waits for."""
+        rows = self._named_rows("waiting_indexes", Waiting, {"indexes": list(indexes)})
+        return {row.index_name: row.target for row in rows}
 
     def try_lead(self, index: str) -> int | None:
         """Lead an index's refreshes for its waiters: the generation published, or None

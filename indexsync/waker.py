@@ -90,6 +90,7 @@ class Waker:
         self._leading = Leadership()
         self._store: Store | None = None
         self._stop = threading.Event()
+        self._tick_at = float("-inf")
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._waiters_seen_at = float("-inf")
@@ -144,8 +145,13 @@ class Waker:
                 self._close()
                 self._stop.wait(delay)
                 continue
-            self._stop.wait(self.interval if busy else _IDLE_TICK)
+            self._pause(busy)
         self._close()
+
+    def _pause(self, busy: bool) -> None:
+        """Until the next tick: `interval` after the last one while waiters are about."""
+        period = self.interval if busy else _IDLE_TICK
+        self._stop.wait(max(self._tick_at + period - time.monotonic(), 0.0))
 
     # --- one round ------------------------------------------------------------------------
 
@@ -155,18 +161,18 @@ class Waker:
             self._store = Store.connect(self.settings, role="waker")
             self._leading.forget()
         store = self._store
-        now = time.monotonic()
+        now = self._tick_at = time.monotonic()
         if now >= self._intervals_at + _INTERVALS_EVERY:
             self._read_intervals()
         mine = list(self.indexes())
         self._let_go(store, [index for index in self._leading.generations if index not in mine])
-        waiting = store.waiting_indexes(mine) if mine else []
+        waiting = store.waiting_indexes(mine) if mine else {}
         if waiting:
             self._waiters_seen_at = now
         for index in waiting:
             if index not in self._leading:
                 self._try_lead(store, index)
-        led = [index for index in waiting if index in self._leading]
+        led = {index: target for index, target in waiting.items() if index in self._leading}
         if led:
             self._round(store, led)
         return now - self._waiters_seen_at < _KEEP_FAST
@@ -191,19 +197,21 @@ class Waker:
             store.lead_unlock(index)
             log.info("waker.released", index=index)
 
-    def _round(self, store: Store, indexes: list[str]) -> None:
+    def _round(self, store: Store, targets: dict[str, int]) -> None:
         # The order is the proof (migration 4): the sequence first, then, in a later
         # snapshot, what is still queued, then the refresh, then the horizon.
         high = store.last_seq()
-        floors = store.pending_floors(indexes)
+        floors = store.pending_floors(sorted(targets))
         horizons = {}
-        for index in indexes:
+        for index, target in targets.items():
             floor = floors.get(index)
             horizon = high if floor is None else min(high, floor - 1)
-            if horizon > self._leading.published.get(index, -1):
+            # Refresh and wake only when it answers a waiter: under a backlog that hides
+            # every waiter's changes, the index and the waiters are left alone.
+            if horizon >= target and horizon > self._leading.published.get(index, -1):
                 horizons[index] = horizon
         if not horizons:
-            return  # nothing newer to show: the waiters sleep on
+            return  # nobody can be answered yet: the waiters sleep on
         self.search.refresh(",".join(sorted(horizons)))
         refreshed_at = time.monotonic()
         for index, horizon in horizons.items():

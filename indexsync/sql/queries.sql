@@ -446,14 +446,17 @@ FROM indexsync.workers ORDER BY seen_at DESC;
 -- === read-your-writes =====================================================================
 
 -- name: waiting_indexes
--- Which of these indexes have a waiter in `indexsync.wait_for_search` now: each holds the
--- index's wait lock while it waits (a lock is seen at once, unlike a row or a NOTIFY).
-SELECT i FROM unnest(%(indexes)s::text[]) AS i
-JOIN (
-    SELECT DISTINCT l.objid FROM pg_catalog.pg_locks l
-    WHERE l.locktype = 'advisory' AND l.objsubid = 2
-      AND l.classid = indexsync.wait_class()::oid
-) AS w ON w.objid = indexsync.wait_key(i)::oid;
+-- Which of these indexes have waiters in `indexsync.wait_for_search` now, and the smallest
+-- seq any of them waits for. Each waiter holds (wait_key(index), its seq's low 31 bits)
+-- while it waits; the seq is rebuilt from the sequence's value, which is at most 2^31 ahead.
+SELECT i AS index_name,
+       min(s.last_value - ((s.last_value - l.objid::bigint) %% 2147483648 + 2147483648)
+                          %% 2147483648) AS target
+FROM unnest(%(indexes)s::text[]) AS i
+JOIN pg_catalog.pg_locks l
+  ON l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = indexsync.wait_key(i)::oid
+CROSS JOIN indexsync.change_seq s
+GROUP BY i;
 
 -- name: try_lead
 -- Become the worker that refreshes an index for its waiters, if no other is; the lock goes

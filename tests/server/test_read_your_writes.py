@@ -33,7 +33,7 @@ MAPPING = {
 def items(env: Env) -> Env:
     env.sql("CREATE TABLE items (id int PRIMARY KEY, n text NOT NULL, title text)")
     env.sql("INSERT INTO items SELECT g, g::text, 'row ' || g FROM generate_series(1, 20) g")
-    env.mapping(env.alias("items"), MAPPING)
+    env.mapping("items", MAPPING)
     env.bindings(f'[indexes.{env.alias("items")}]\ntable = "items"\n')
     env.install("--wait")
     return env
@@ -89,7 +89,7 @@ def test_a_change_to_a_related_table_counts_for_the_documents_it_touches(env: En
     env.sql("INSERT INTO authors VALUES (1, 'ann'), (2, 'bob')")
     env.sql("INSERT INTO posts SELECT g, 1 + g % 2 FROM generate_series(1, 10) g")
     alias = env.alias("posts")
-    env.mapping(alias, {"settings": {"index": {"refresh_interval": "-1"}}})
+    env.mapping("posts", {"settings": {"index": {"refresh_interval": "-1"}}})
     env.bindings(
         f"""
 [indexes.{alias}]

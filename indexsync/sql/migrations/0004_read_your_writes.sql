@@ -29,10 +29,11 @@ CREATE TABLE indexsync.searchable (
     refreshed_at timestamptz
 );
 
--- The advisory locks of the protocol. Waiters hold wait_key(index) shared while they wait
--- (workers find the indexes that have waiters in pg_locks: a lock, unlike a row or a
--- NOTIFY, is seen before the waiter's transaction commits); one worker per index holds
--- lead_key(index) and the lock of the current generation.
+-- The advisory locks of the protocol. A waiter holds (wait_key(index), its seq's low 31
+-- bits) shared while it waits: workers find the indexes that have waiters, and the
+-- smallest seq they wait for, in pg_locks (a lock, unlike a row or a NOTIFY, is seen before
+-- the waiter's transaction commits), and refresh and wake only when a waiter can be
+-- answered. One worker per index holds lead_key(index) and the current generation's lock.
 CREATE FUNCTION indexsync.wait_key(index_name text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT pg_catalog.hashtext('indexsync.wait:' OPERATOR(pg_catalog.||) $1) $$;
@@ -46,11 +47,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT (pg_catalog.hashtext('indexsync.generation:' OPERATOR(pg_catalog.||) $1)::bigint
               OPERATOR(pg_catalog.<<) 32)
              OPERATOR(pg_catalog.|) ($2 OPERATOR(pg_catalog.&) 4294967295) $$;
-
--- The class of the wait locks, as pg_locks shows it (the first of two int4 keys).
-CREATE FUNCTION indexsync.wait_class() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT pg_catalog.hashtext('indexsync.waiting') $$;
 
 -- True once every change to `index_name` committed before the call is searchable: written,
 -- and visible to a search after a refresh. False when `timeout` passes first, or when one
@@ -77,7 +73,6 @@ DECLARE
     left_ms bigint;
     granted boolean;
     nap float8 := 0.005;
-    waiting integer;
     oldest float8;
     paused text;
     alive integer;
@@ -116,7 +111,7 @@ BEGIN
     since := least(coalesce(nullif(current_setting('indexsync.write_from', true), '')::bigint,
                             start_horizon), start_horizon);
 
-    PERFORM pg_advisory_lock_shared(indexsync.wait_class(), indexsync.wait_key(index_));
+    PERFORM pg_advisory_lock_shared(indexsync.wait_key(index_), (target & 2147483647)::integer);
     BEGIN
         LOOP
             SELECT s.horizon, s.generation INTO horizon_, generation_
@@ -152,16 +147,16 @@ BEGIN
         END LOOP;
     EXCEPTION WHEN query_canceled OR others THEN
         -- A session-level lock outlives an error: let go of it before passing the error on.
-        PERFORM pg_advisory_unlock_shared(indexsync.wait_class(), indexsync.wait_key(index_));
+        PERFORM pg_advisory_unlock_shared(indexsync.wait_key(index_), (target & 2147483647)::integer);
         RAISE;
     END;
-    PERFORM pg_advisory_unlock_shared(indexsync.wait_class(), indexsync.wait_key(index_));
+    PERFORM pg_advisory_unlock_shared(indexsync.wait_key(index_), (target & 2147483647)::integer);
 
     IF coalesce(horizon_, 0) < target THEN
-        SELECT count(*), extract(epoch FROM now() - min(o.created_at))
-        INTO waiting, oldest
-        FROM indexsync.outbox o
-        WHERE o.index_name = index_ AND coalesce(o.origin, o.seq) <= target;
+        -- Cheap on any backlog (the head of the queue, by its primary key): a timed-out
+        -- waiter must not cost PostgreSQL a scan of the outbox.
+        SELECT extract(epoch FROM now() - o.created_at) INTO oldest
+        FROM indexsync.outbox o WHERE o.index_name = index_ ORDER BY o.seq LIMIT 1;
         SELECT b.paused_reason INTO paused FROM indexsync.binding_state b
         WHERE b.index_name = index_;
         SELECT count(*) INTO alive FROM indexsync.workers w
@@ -169,8 +164,9 @@ BEGIN
         why := CASE
             WHEN paused IS NOT NULL THEN format('the index is paused: %s', paused)
             WHEN alive = 0 THEN 'no indexsync worker has been alive in the last 30 s'
-            WHEN waiting > 0 THEN format('%s change(s) still wait to be written, the oldest %s s old',
-                                        waiting, round(oldest::numeric, 1))
+            WHEN oldest IS NOT NULL THEN format(
+                'changes committed before the call still wait to be written (the oldest '
+                'queued change is %s s old)', round(oldest::numeric, 1))
             ELSE 'the changes are written; no worker has refreshed the index for its waiters yet'
         END;
         RAISE WARNING 'indexsync.wait_for_search(%): not searchable after %: %', index_, timeout, why
