@@ -10,7 +10,15 @@ SCALE_ENV = "BENCH_SCALE"
 ONLY_ENV = "BENCH_ONLY"
 # The parts of `make bench`, in the order they run.
 PARTS = (
-    "sync", "ceiling", "reindex", "install_wait", "writes", "fanout", "latency", "waits", "recipe"
+    "sync",
+    "ceiling",
+    "reindex",
+    "install_wait",
+    "writes",
+    "fanout",
+    "latency",
+    "waits",
+    "recipe",
 )
 
 

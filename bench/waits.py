@@ -32,6 +32,8 @@ WAITERS_METHOD = (
 )
 _THREADS = 32
 _WAITERS = 100
+# The writes phase's clients.
+_CLIENTS = 8
 _UPDATE = "\\set id random(1, :rows)\nUPDATE {table} SET n = n + 1 WHERE id = :id;\n"
 
 
@@ -109,7 +111,9 @@ class _Waiters:
         self.searchable = 0
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._wait, name=f"waiter{n}") for n in range(count)]
+        self._threads = [
+            threading.Thread(target=self._wait, name=f"waiter{n}") for n in range(count)
+        ]
 
     def __enter__(self) -> _Waiters:
         for t in self._threads:
@@ -128,7 +132,9 @@ class _Waiters:
             with self._ws.connect() as conn:
                 while not self._stop.is_set():
                     row = conn.execute(
-                        "SELECT indexsync.wait_for_search(%s, '1 s')", (self._ws.alias,), prepare=True
+                        "SELECT indexsync.wait_for_search(%s, '1 s')",
+                        (self._ws.alias,),
+                        prepare=True,
                     ).fetchone()
                     with self._lock:
                         self.calls += 1
@@ -141,7 +147,7 @@ def measure_waiters_cost(ws: Workspace, cfg: BenchConfig, worker: Worker) -> dic
     """pgbench TPS with `_WAITERS` concurrent waiters ÷ without, a worker draining both."""
     script = ws.root / "update_waits.sql"
     script.write_text(_UPDATE.format(table=ws.table), encoding="ascii")
-    bench = Pgbench(ws.servers.pgbench, ws.database_url, cfg.tps_rows, 8, cfg.tps_round_s)
+    bench = Pgbench(ws.servers.pgbench, ws.database_url, cfg.tps_rows, _CLIENTS, cfg.tps_round_s)
     without: list[float] = []
     with_: list[float] = []
     calls: list[int] = []
@@ -176,4 +182,3 @@ def prepare_waiters(ws: Workspace, rows: int) -> Worker:
     worker = ws.worker()
     worker.wait_ready()
     return worker
-

@@ -304,8 +304,29 @@ def main() -> int:
                 run("deadletters")
                 say("Fix the row: its next change retries it, and its dead letter goes")
                 conn.execute("UPDATE articles SET updated_at = now() WHERE updated_at = 'infinity'")
-            wait_until("the fixed row landed", lambda: count(es) == rows(pg.url))
+            # `indexsync wait` instead of a sleep: every change committed so far is searchable.
+            run("wait", "articles", "--timeout", "30")
+            if count(es) != rows(pg.url):
+                raise SystemExit("demo failed: the fixed row is not in the index")
             run("deadletters")
+
+            say("Read-your-writes: commit, wait_for_search, then search at once (no refresh)")
+            with psycopg.connect(pg.url) as conn:
+                conn.execute(INSERT, ("Read your writes", "searchable now", "app", ["ryw"]))
+                conn.commit()
+                started = time.monotonic()
+                answer = conn.execute(
+                    "SELECT indexsync.wait_for_search('articles', timeout => '5 s')"
+                ).fetchone()
+                conn.commit()
+                waited_ms = (time.monotonic() - started) * 1000
+            note("SELECT indexsync.wait_for_search('articles', timeout => '5 s')")
+            note(f"-> {answer[0] if answer else None} after {waited_ms:.0f} ms")
+            body = {"query": {"match_phrase": {"title": "read your writes"}}}
+            found = es.rest.request("POST", "/articles/_search", body=body)["hits"]["hits"]
+            note(f"a search sent at once finds it: {[h['_source']['title'] for h in found]}")
+            if not (answer and answer[0]) or not found:
+                raise SystemExit("demo failed: the application did not read its own write")
 
             say("/metrics and /readyz of the worker")
             base = f"http://127.0.0.1:{metrics_port}"

@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import sys
-import time
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from functools import partial

@@ -29,6 +29,12 @@ MAPPING = {
 }
 
 
+POSTS_QUERY = (
+    "SELECT p.id, jsonb_build_object('author', a.name) AS doc "
+    "FROM posts p JOIN authors a ON a.id = p.author_id"
+)
+
+
 @pytest.fixture
 def items(env: Env) -> Env:
     env.sql("CREATE TABLE items (id int PRIMARY KEY, n text NOT NULL, title text)")
@@ -78,7 +84,9 @@ def test_an_update_is_searchable_with_its_new_value(items: Env, worker: list[str
             conn.commit()
             assert waiter.wait(alias, "10 s").ok
             hits = items.http.request(
-                "POST", f"/{alias}/_search", body={"query": {"match": {"title": f"edition{round_}"}}}
+                "POST",
+                f"/{alias}/_search",
+                body={"query": {"match": {"title": f"edition{round_}"}}},
             )
             assert [h["_id"] for h in hits["hits"]["hits"]] == ["7"]
 
@@ -94,7 +102,7 @@ def test_a_change_to_a_related_table_counts_for_the_documents_it_touches(env: En
         f"""
 [indexes.{alias}]
 table = "posts"
-query = "SELECT p.id, jsonb_build_object('author', a.name) AS doc FROM posts p JOIN authors a ON a.id = p.author_id"
+query = "{POSTS_QUERY}"
 
 [[indexes.{alias}.depends]]
 table = "authors"
@@ -272,4 +280,3 @@ def test_status_shows_each_index_freshness(items: Env) -> None:
     (row,) = [r for r in report["indexes"] if r["index"] == items.alias("items")]
     assert row["freshness_seconds"] >= 42
     assert "freshness" in items.cli("status").stdout
-
