@@ -44,7 +44,7 @@ from indexsync.search import Search
 from indexsync.settings import Settings
 from indexsync.status import IndexStatus, collect
 from indexsync.store import Store
-from tests.support.env import Env, wait_for
+from tests.support.env import Env, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -593,8 +593,14 @@ def test_documented_grants_are_enough_for_install_and_run(env: Env) -> None:
             conn.execute("DELETE FROM articles WHERE id = 2")
 
         worker = url("indexsync_worker")
-        result = env.cli("run", "--until-idle", INDEXSYNC_DATABASE_URL=worker)
-        assert result.returncode == 0, result.stderr
+        with running(env, INDEXSYNC_DATABASE_URL=worker) as log:
+            # The application waits for its own writes with no more than the documented grant.
+            with psycopg.connect(url("app_writer"), autocommit=True) as conn:
+                waited = conn.execute(
+                    "SELECT indexsync.wait_for_search(%s, timeout => '20 s')", (alias,)
+                ).fetchone()
+            assert waited == (True,)
+        assert "waker.failed" not in log[0]
         docs = env.docs("articles")
         assert sorted(docs) == ["1", "3", "5"]
         assert docs["1"]["title"] == "edited" and docs["5"]["title"] == "by the app"
