@@ -16,7 +16,16 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from indexsync import __version__, installed, logs, migrations, ownership, verify
+from indexsync import (
+    __version__,
+    installed,
+    logs,
+    migrations,
+    ownership,
+    pausing,
+    resync,
+    verify,
+)
 from indexsync.bindings import Binding, BindingsFile, load_bindings, load_mapping
 from indexsync.catalog import resolve
 from indexsync.check import check
@@ -333,6 +342,70 @@ def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(settings: Settings, args: argparse.Namespace) -> int:
+    """Stop the writes to one index; its changes stay queued."""
+    with Store.connect(settings, role="pause") as store:
+        migrations.require_current(store)
+        done = pausing.pause(store, args.alias, args.reason, timeout=args.timeout)
+    print(
+        f"{done.index}: paused; no worker writes to it until `indexsync resume "
+        f"{done.index}` ({done.queued} change(s) queued, none lost)"
+    )
+    return 0
+
+
+def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
+    """Let the writes to a paused index go on."""
+    with Store.connect(settings, role="pause") as store:
+        migrations.require_current(store)
+        queued = pausing.resume(store, args.alias)
+    print(f"{args.alias}: resumed; workers write its {queued} queued change(s) now")
+    return 0
+
+
+def cmd_resync(settings: Settings, args: argparse.Namespace) -> int:
+    """Queue the chosen documents of one index again, at a bounded rate."""
+    if args.where is not None and args.ids is not None:
+        raise ConfigError("resync: give --where or --ids, not both")
+    with Store.connect(settings, role="resync") as store:
+        migrations.require_current(store)
+        bindings, broken = resolve_installed(store, settings.config)
+        if args.alias in broken:
+            raise ConfigError(f"index {args.alias!r}: its binding is broken: {broken[args.alias]}")
+        if args.alias not in bindings:
+            raise ConfigError(
+                f"no binding is installed for index {args.alias!r}; installed: "
+                f"{', '.join(sorted(bindings)) or 'none'}"
+            )
+        binding = bindings[args.alias]
+        ids = None
+        if args.ids is not None:
+            if args.ids == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                try:
+                    with open(args.ids, encoding="utf-8") as handle:
+                        lines = handle.read().splitlines()
+                except OSError as exc:
+                    raise ConfigError(f"--ids {args.ids}: {exc.strerror}") from exc
+            ids = resync.read_ids(store, binding, lines)
+        done = resync.resync(
+            store,
+            binding,
+            where=args.where,
+            ids=ids,
+            after=args.after,
+            rate=args.rate or settings.refresh_rate,
+            stream=sys.stderr,
+        )
+    last = f"; the last id queued was {done.last_id}" if done.last_id is not None else ""
+    print(
+        f"{done.index}: queued {done.queued} document(s) in {done.seconds:.1f}s{last}; "
+        "a running worker rewrites them (`indexsync wait` waits for that)"
+    )
+    return 0
+
+
 def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     """Print the effective settings, secrets masked."""
     rows = []
@@ -551,6 +624,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", nargs="*", help="indexes to wait for (default: every installed one)")
     p.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait at most, in all (default 30)"
+    )
+    p = add(
+        "pause",
+        cmd_pause,
+        "Stop every worker's writes to one index (cluster maintenance, a mapping migration, "
+        "an incident); its changes stay queued. Returns once no write is in flight.",
+        'indexsync pause posts --reason "cluster upgrade"',
+    )
+    p.add_argument("alias", help="the index to pause")
+    p.add_argument("--reason", default="paused by an operator", help="shown by status")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the writes in flight at most (default 120)",
+    )
+    p = add(
+        "resume",
+        cmd_resume,
+        "Let the workers write to a paused index again, its queued changes first.",
+        "indexsync resume posts",
+    )
+    p.add_argument("alias", help="the index to resume")
+    p = add(
+        "resync",
+        cmd_resync,
+        "Queue chosen documents of one index again through the outbox, at a bounded rate: "
+        "the worker rewrites each from its row, never over a newer write. Lighter than "
+        "reindex (no new index); run it again after an interruption.",
+        "indexsync resync posts --where \"updated_at > now() - interval '1 day'\"",
+    )
+    p.add_argument("alias", help="the index")
+    p.add_argument("--where", help="an SQL condition on the root table's rows (default: all)")
+    p.add_argument("--ids", metavar="FILE", help="document ids, one per line ('-': stdin)")
+    p.add_argument("--after", metavar="ID", help="start after this id (resume an interrupted run)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="documents queued per second at most (default INDEXSYNC_REFRESH_RATE)",
     )
     p = add(
         "status",

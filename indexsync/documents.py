@@ -113,20 +113,22 @@ def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
     )
 
 
-def key_page_query(binding: Binding, *, resume: bool) -> sql.Composed:
-    """The next `%(limit)s` ids of the root table in key order, after `%(after)s` if resuming."""
+def key_page_query(binding: Binding, *, resume: bool, where: str | None = None) -> sql.Composed:
+    """The next `%(limit)s` ids of the root table in key order, after `%(after)s` if resuming,
+    of the rows that match `where` (an operator's condition on the root table) if given."""
     key = binding.key
     slots = sql.SQL(", ").join(
         sql.SQL("t.{} AS {}").format(sql.Identifier(col), slot)
         for col, slot in zip(key.columns, key.slots(), strict=True)
     )
     return sql.SQL(
-        "SELECT {id} FROM (SELECT {slots} FROM {table} AS t) AS s {after} "
+        "SELECT {id} FROM (SELECT {slots} FROM {table} AS t{where}) AS s {after} "
         "ORDER BY {order} LIMIT %(limit)s"
     ).format(
         id=key.id_of_slots(_S),
         slots=slots,
         table=binding.table_ident,
+        where=sql.SQL(" WHERE ({})").format(user_sql(where)) if where is not None else sql.SQL(""),
         after=sql.SQL("WHERE {}").format(key.after(_S, sql.SQL("%(after)s")))
         if resume
         else sql.SQL(""),

@@ -71,3 +71,9 @@ class DriftFound(IndexsyncError):
 
 class ForeignIndex(ConfigError):
     """An index records another database as its owner."""
+
+
+class PauseNotSettled(IndexsyncError):
+    """Writes to a paused index were still in flight when `pause` gave up waiting."""
+
+    exit_code = 1

@@ -207,6 +207,13 @@ class Metrics:
             ["index"],
             registry=r,
         )
+        self.operator_paused = Gauge(
+            "indexsync_paused_by_operator",
+            "1 while an operator has paused the index (`indexsync pause`): its changes wait "
+            "on purpose, which is no failure; else 0.",
+            ["index"],
+            registry=r,
+        )
         # Label values the status gauges were set for, so that an index that disappears
         # (binding removed, rebuild finished) loses its series instead of freezing them.
         self._status_indexes: set[str] = set()
@@ -264,7 +271,9 @@ class Metrics:
         with self._lock:
             seen = {row.index for row in rows}
             for gone in self._status_indexes - seen:
-                for gauge in (self.backlog, self.lag, self.dead_letters, self.paused):
+                for gauge in (
+                    self.backlog, self.lag, self.dead_letters, self.paused, self.operator_paused
+                ):  # fmt: skip
                     with contextlib.suppress(KeyError):
                         gauge.remove(gone)
             self._status_indexes = seen
@@ -274,6 +283,7 @@ class Metrics:
                 self.lag.labels(row.index).set(row.oldest_pending_seconds or 0.0)
                 self.dead_letters.labels(row.index).set(row.dead_letters)
                 self.paused.labels(row.index).set(1 if row.paused_reason is not None else 0)
+                self.operator_paused.labels(row.index).set(1 if row.held_reason is not None else 0)
                 if row.refreshing:
                     self.refresh_queued.labels(row.index).set(row.refresh_done)
                 else:

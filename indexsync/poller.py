@@ -109,13 +109,14 @@ class StatusPoller:
             row.judge(self.health.stall_seconds)
         self.health.set_index_problems({row.index: row.problems for row in rows})
         paused = {row.index: row.paused_reason for row in rows if row.paused_reason is not None}
+        # An index an operator paused is neither a failure nor a stall: it waits on purpose.
+        held = {row.index for row in rows if row.held_reason is not None}
         # A paused index's backlog waits for a fix, not for this worker: it is no stall.
-        self.health.progress(sum(row.backlog for row in rows if row.index not in paused))
+        waiting = [row for row in rows if row.index not in paused and row.index not in held]
+        self.health.progress(sum(row.backlog for row in waiting))
         self.health.set_paused(paused)
         # A paused index is said to be paused; its freshness is no second reason.
-        self.health.set_freshness(
-            {row.index: row.freshness_seconds for row in rows if row.index not in paused}
-        )
+        self.health.set_freshness({row.index: row.freshness_seconds for row in waiting})
         self.health.database_ok(True)
         self._report("postgresql", None)
 

@@ -17,6 +17,7 @@ from indexsync.bulk import Op
 from indexsync.errors import ConfigError, IndexsyncError, SequenceRegression
 from indexsync.indexes import create_generation, index_body
 from indexsync.logs import get_logger
+from indexsync.progress import Progress
 from indexsync.rows import Document
 from indexsync.search import Search
 from indexsync.settings import Settings
@@ -30,7 +31,6 @@ log = get_logger(__name__)
 _SLOW_PAGE_S = 2.0
 
 _WAIT_POLL = 0.05
-_PROGRESS_EVERY = 5.0
 _PAGES_IN_FLIGHT = 2
 
 
@@ -63,69 +63,6 @@ def draw_watermark(store: Store, timeout: float) -> int:
 def wait_for_batches(store: Store, timeout: float) -> None:
     """Wait for every transaction running now (worker batches in flight) to end."""
     wait_for_snapshot(store, store.current_snapshot(), timeout)
-
-
-class Progress:
-    """A progress bar on a TTY, periodic structured events otherwise."""
-
-    def __init__(self, alias: str, total: int | None, done: int, stream: TextIO) -> None:
-        self.alias = alias
-        self.total = total
-        self.done = done
-        self.start_done = done
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self.last = 0.0
-
-    def advance(self, rows: int) -> None:
-        """Count rows written and report if it is time."""
-        self.done += rows
-        now = time.monotonic()
-        if self.tty and now - self.last >= 0.2:
-            self.last = now
-            self.stream.write("\r" + self._line())
-            self.stream.flush()
-        elif not self.tty and now - self.last >= _PROGRESS_EVERY:
-            self.last = now
-            log.info(
-                "reindex.progress",
-                index=self.alias,
-                rows_done=self.done,
-                rows_total=self.total,
-                rows_per_s=round(self.rate()),
-            )
-
-    def rate(self) -> float:
-        """Rows per second since this run started."""
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        return (self.done - self.start_done) / elapsed
-
-    def _line(self) -> str:
-        rate = self.rate()
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            eta = (self.total - self.done) / rate if rate > 0 else 0
-            return (
-                f"{self.alias} [{bar:<30}] {self.done}/{self.total} rows "
-                f"{rate:,.0f} rows/s ETA {eta:,.0f}s "
-            )
-        return f"{self.alias} {self.done} rows {rate:,.0f} rows/s "
-
-    def finish(self) -> None:
-        """End the bar, or log the final count."""
-        if self.tty:
-            self.stream.write("\r" + self._line() + "\n")
-            self.stream.flush()
-        else:
-            log.info(
-                "reindex.progress",
-                index=self.alias,
-                rows_done=self.done,
-                rows_total=self.total,
-                rows_per_s=round(self.rate()),
-            )
 
 
 class Interrupted(IndexsyncError):

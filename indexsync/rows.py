@@ -151,6 +151,10 @@ class BindingState:
     paused_at: datetime | None
     refreshing: bool
     refresh_done: int
+    # Paused by an operator (`indexsync pause`): why, since when, and who said so.
+    held_reason: str | None = None
+    held_at: datetime | None = None
+    held_by: str | None = None
 
 
 @dataclass(frozen=True)

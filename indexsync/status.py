@@ -38,6 +38,10 @@ class IndexStatus:
     paused_since: datetime | None = None
     refreshing: bool = False
     refresh_done: int = 0
+    # Paused by an operator (`indexsync pause`): no failure, its changes wait on purpose.
+    held_reason: str | None = None
+    held_since: datetime | None = None
+    held_by: str | None = None
     # Whether `install` recorded a binding for this index (workers only sync those).
     installed: bool = True
     problems: list[str] = field(default_factory=list)
@@ -73,6 +77,8 @@ class IndexStatus:
             )
         elif self.paused_reason is not None:
             self.problems.append(f"paused: {self.paused_reason}")
+        elif self.held_reason is not None:
+            pass  # its backlog waits on purpose: neither a stall nor a failure
         elif (
             self.oldest_pending_seconds is not None
             and self.oldest_pending_seconds > stall_seconds
@@ -88,11 +94,12 @@ class IndexStatus:
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = asdict(self)
-        for key in ("rebuild_started_at", "last_success_at", "paused_since"):
+        for key in ("rebuild_started_at", "last_success_at", "paused_since", "held_since"):
             value = getattr(self, key)
             data[key] = value.isoformat() if value is not None else None
         data["healthy"] = self.healthy
         data["freshness_seconds"] = self.freshness_seconds
+        data["paused_by_operator"] = self.held_reason is not None
         return data
 
 
@@ -122,6 +129,9 @@ def collect(store: Store, aliases: list[str]) -> list[IndexStatus]:
         item.paused_since = state.paused_at
         item.refreshing = state.refreshing
         item.refresh_done = state.refresh_done
+        item.held_reason = state.held_reason
+        item.held_since = state.held_at
+        item.held_by = state.held_by
     for item in found.values():
         item.installed = item.index in installed
     return sorted(found.values(), key=lambda s: s.index)
@@ -131,7 +141,7 @@ def waiting_work(rows: list[IndexStatus], stall_seconds: float, now: datetime) -
     """Whether an installed, unpaused index has had work only a worker does (changes, or
     the backfill of its existing rows) waiting for longer than the stall window."""
     for row in rows:
-        if not row.installed or row.paused_reason is not None:
+        if not row.installed or row.paused_reason is not None or row.held_reason is not None:
             continue
         if (row.oldest_pending_seconds or 0.0) > stall_seconds:
             return True
@@ -190,6 +200,9 @@ def render_table(rows: list[IndexStatus]) -> str:
         lag = f"{row.freshness_seconds:.1f}"
         last = f"{row.last_success_at:%Y-%m-%d %H:%M:%S}" if row.last_success_at else "-"
         health = "ok" if row.healthy else "; ".join(row.problems)
+        if row.held_reason is not None:
+            since = f" since {row.held_since:%Y-%m-%d %H:%M:%S}" if row.held_since else ""
+            health = f"{health} (paused by an operator{since}: {row.held_reason})"
         lines.append(
             (row.index, str(row.backlog), lag, str(row.dead_letters), last, rebuild, health)
         )

@@ -384,9 +384,12 @@ class Store:
         )
         return {str(row[0]) for row in rows if row[0] is not None}
 
-    def key_page(self, binding: Binding, after: str | None, limit: int) -> list[str]:
-        """The next `limit` document ids of the root table in key order (refresh paging)."""
-        query = documents.key_page_query(binding, resume=after is not None)
+    def key_page(
+        self, binding: Binding, after: str | None, limit: int, where: str | None = None
+    ) -> list[str]:
+        """The next `limit` document ids of the root table in key order (refresh and resync
+        paging), of the rows that match `where` if given (an operator's SQL condition)."""
+        query = documents.key_page_query(binding, resume=after is not None, where=where)
         return [str(row[0]) for row in self._tuples(query, {"after": after, "limit": limit})]
 
     # --- the outbox ----------------------------------------------------------------------
@@ -506,6 +509,28 @@ class Store:
         """The change sequence's high-water mark."""
         value = self._named_value("last_seq")
         return int(value) if value is not None else 0
+
+    # --- pauses an operator asks for ---------------------------------------------------
+
+    def hold(self, index: str, reason: str, by: str) -> None:
+        """Pause an index: no worker claims its changes from the next claim on."""
+        self._named("hold", {"index": index, "reason": reason, "by": by})
+
+    def release(self, index: str) -> bool:
+        """Resume an index; whether it was paused."""
+        return bool(self._tuples(queries.get("release"), {"index": index}))
+
+    def held_indexes(self) -> set[str]:
+        """Every index an operator paused."""
+        return {row[0] for row in self._tuples(queries.get("held_indexes"))}
+
+    def backfill_running(self, alias: str) -> bool:
+        """Whether a worker is writing an index's existing rows right now."""
+        return bool(self._named_value("backfill_running", {"alias": alias}))
+
+    def queued_changes(self, index: str) -> int:
+        """How many changes wait for one index."""
+        return int(self._named_value("queued_changes", {"index": index}) or 0)
 
     # --- read-your-writes ----------------------------------------------------------------
 

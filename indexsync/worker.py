@@ -143,6 +143,10 @@ class Worker:
         self._recorded_seq = 0
         self._observed_at = float("-inf")
         self._backfilling: threading.Thread | None = None
+        self._backfilling_alias: str | None = None
+        # Indexes an operator paused (`indexsync pause`): claims skip them in SQL; this is
+        # for the backfills, which must not write to them either.
+        self._held: set[str] = set()
         self._backfill_stop = threading.Event()
         self._backfill_at = float("-inf")
         self._backfill_failures = 0
@@ -357,17 +361,25 @@ class Worker:
             candidates = [
                 alias
                 for alias in store.unfinished_backfills()
-                if alias in self.bindings and alias not in self._paused
+                if alias in self.bindings and alias not in self._paused and alias not in self._held
             ]
         for alias in candidates:
             session = Store.connect(self.settings, role="backfill")
             if not session.try_backfill_lock(alias):
                 session.close()  # another worker has it
                 continue
+            if alias in session.held_indexes():
+                # Paused since the list was read: `pause` saw no backfill holding the lock,
+                # so none may start now (it checks after its own commit, this after the lock).
+                session.backfill_unlock(alias)
+                session.close()
+                continue
             binding = self.bindings[alias]
             if inline:
                 # A failed backfill is not retried in this loop: --until-idle must end.
                 return self._run_backfill(session, binding)
+            self._backfill_stop.clear()
+            self._backfilling_alias = alias
             self._backfilling = threading.Thread(
                 target=self._run_backfill, args=(session, binding), name="backfill", daemon=True
             )
@@ -431,6 +443,16 @@ class Worker:
             store.heartbeat(self.worker_id, socket.gethostname(), os.getpid(), __version__)
         if now >= self._observed_at + _OBSERVE_EVERY:
             self._observed_at = now
+            self._held = store.held_indexes()
+            backfilling = self._backfilling
+            if (
+                backfilling is not None
+                and backfilling.is_alive()
+                and self._backfilling_alias in self._held
+            ):
+                # Paused by an operator: the backfill stops at its next page, and resumes
+                # from there after `indexsync resume`.
+                self._backfill_stop.set()
             if self._reload is not None:
                 version = store.bindings_version()
                 if version != self._bindings_version:

@@ -128,13 +128,21 @@ DELETE FROM indexsync.outbox
 WHERE seq IN (
     SELECT seq FROM indexsync.outbox
     WHERE index_name = ANY(%(active)s::text[])
+      -- An index an operator paused is skipped from the next claim on, in every worker.
+      AND index_name <> ALL(ARRAY(
+          SELECT index_name FROM indexsync.binding_state WHERE held_at IS NOT NULL))
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
 RETURNING seq, index_name, doc_id, kind, source, coalesce(origin, seq) AS origin, created_at;
 
 -- name: has_pending
 -- Whether the outbox holds a row of an index this worker syncs, claimed by another worker or not.
-SELECT EXISTS (SELECT FROM indexsync.outbox WHERE index_name = ANY(%(active)s::text[]));
+SELECT EXISTS (
+    SELECT FROM indexsync.outbox
+    WHERE index_name = ANY(%(active)s::text[])
+      AND index_name <> ALL(ARRAY(
+          SELECT index_name FROM indexsync.binding_state WHERE held_at IS NOT NULL))
+);
 
 -- name: unbound_backlog
 -- Changes waiting for an index that none of `known` names (no binding installed for it).
@@ -253,7 +261,8 @@ SELECT index_name, count(*) AS letters FROM indexsync.dead_letters GROUP BY inde
 
 -- name: binding_states
 -- Why an index is paused, and how far its refresh after a schema change is.
-SELECT index_name, paused_reason, paused_at, refreshing, refresh_done
+SELECT index_name, paused_reason, paused_at, refreshing, refresh_done, held_reason, held_at,
+       held_by
 FROM indexsync.binding_state;
 
 -- name: rebuilds
@@ -339,8 +348,11 @@ SELECT pg_try_advisory_lock(hashtext('indexsync.backfill'), hashtext(%(alias)s))
 SELECT pg_advisory_unlock(hashtext('indexsync.backfill'), hashtext(%(alias)s));
 
 -- name: unfinished_backfills
--- In-place rebuilds left unfinished (a killed install or reindex --in-place).
-SELECT alias FROM indexsync.rebuilds WHERE in_place;
+-- In-place rebuilds left unfinished (a killed install or reindex --in-place), but for those
+-- of indexes an operator paused.
+SELECT alias FROM indexsync.rebuilds
+WHERE in_place AND alias <> ALL(ARRAY(
+    SELECT index_name FROM indexsync.binding_state WHERE held_at IS NOT NULL));
 
 -- name: set_watermark
 -- The rebuild's V0, and the rows it expects to write.
@@ -507,3 +519,36 @@ SELECT index_name, horizon, generation, refreshed_at FROM indexsync.searchable;
 -- name: wait_for_search
 -- Wait until every change of the index committed before now is searchable (migration 4).
 SELECT indexsync.wait_for_search(%(index)s, make_interval(secs => %(timeout)s));
+
+-- === pauses an operator asks for ==========================================================
+
+-- name: hold
+-- `indexsync pause`: no worker claims this index's changes from the next claim on.
+INSERT INTO indexsync.binding_state AS b (index_name, held_reason, held_at, held_by)
+VALUES (%(index)s, %(reason)s, now(), %(by)s)
+ON CONFLICT (index_name) DO UPDATE
+SET held_reason = EXCLUDED.held_reason, held_by = EXCLUDED.held_by, updated_at = now(),
+    held_at = coalesce(b.held_at, now());
+
+-- name: release
+-- `indexsync resume`: the index syncs again; returns whether it was paused.
+UPDATE indexsync.binding_state
+SET held_reason = NULL, held_at = NULL, held_by = NULL, updated_at = now()
+WHERE index_name = %(index)s AND held_at IS NOT NULL
+RETURNING index_name;
+
+-- name: held_indexes
+-- Every index an operator paused.
+SELECT index_name FROM indexsync.binding_state WHERE held_at IS NOT NULL;
+
+-- name: backfill_running
+-- Whether a worker is writing an index's existing rows right now (it holds the lock).
+SELECT EXISTS (
+    SELECT FROM pg_catalog.pg_locks
+    WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+      AND classid = hashtext('indexsync.backfill')::oid AND objid = hashtext(%(alias)s)::oid
+);
+
+-- name: queued_changes
+-- How many changes wait for one index.
+SELECT count(*) FROM indexsync.outbox WHERE index_name = %(index)s;

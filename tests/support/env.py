@@ -128,13 +128,16 @@ class Env:
 
     # --- running indexsync -------------------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-        """Run `indexsync ARGS` in a subprocess, as a user would."""
+    def cli(
+        self, *args: str, timeout: float = 60, input: str | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `indexsync ARGS` in a subprocess, as a user would (`input` on its stdin)."""
         return subprocess.run(
             [sys.executable, "-m", "indexsync", *args],
             env=self.env_vars(**env),
             capture_output=True,
             text=True,
+            input=input,
             timeout=timeout,
             cwd=self.workdir,
         )

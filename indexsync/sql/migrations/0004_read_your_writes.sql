@@ -157,12 +157,13 @@ BEGIN
         -- waiter must not cost PostgreSQL a scan of the outbox.
         SELECT extract(epoch FROM now() - o.created_at) INTO oldest
         FROM indexsync.outbox o WHERE o.index_name = index_ ORDER BY o.seq LIMIT 1;
-        SELECT b.paused_reason INTO paused FROM indexsync.binding_state b
-        WHERE b.index_name = index_;
+        SELECT coalesce('paused by an operator: ' OPERATOR(pg_catalog.||) b.held_reason,
+                        b.paused_reason)
+        INTO paused FROM indexsync.binding_state b WHERE b.index_name = index_;
         SELECT count(*) INTO alive FROM indexsync.workers w
         WHERE w.seen_at > now() - interval '30 s';
         why := CASE
-            WHEN paused IS NOT NULL THEN format('the index is paused: %s', paused)
+            WHEN paused IS NOT NULL THEN format('the index is %s', paused)
             WHEN alive = 0 THEN 'no indexsync worker has been alive in the last 30 s'
             WHEN oldest IS NOT NULL THEN format(
                 'changes committed before the call still wait to be written (the oldest '
@@ -186,3 +187,11 @@ BEGIN
     RETURN true;
 END
 $$;
+
+-- Pauses an operator asks for (`indexsync pause ALIAS`), apart from those a worker makes on
+-- its own when a binding breaks or an index refuses writes (`paused_reason`): no worker
+-- claims a change of a held index, its changes stay queued, and it is no failure.
+ALTER TABLE indexsync.binding_state
+    ADD COLUMN held_reason text,
+    ADD COLUMN held_at timestamptz,
+    ADD COLUMN held_by text;
