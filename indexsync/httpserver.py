@@ -52,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = HTTPStatus.OK if state.ready else HTTPStatus.SERVICE_UNAVAILABLE
             self._json(status, state.as_json())
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": list(_PATHS)})
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found", "paths": list(PATHS)})
 
     def _json(self, status: HTTPStatus, body: Mapping[str, Any]) -> None:
         self._send(status, json.dumps(body).encode() + b"\n", "application/json")
@@ -70,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("metrics.request", client=self.client_address[0], line=format % args)
 
 
-_PATHS = ("/metrics", "/healthz", "/readyz")
+# The paths served; the Kubernetes probes ask for two of them.
+PATHS = ("/metrics", "/healthz", "/readyz")
 
 
 class _HTTPServer6(_HTTPServer):
@@ -126,7 +127,7 @@ class MetricsServer:
             daemon=True,
         )
         self._thread.start()
-        log.info("metrics.listening", url=self.url, paths=list(_PATHS))
+        log.info("metrics.listening", url=self.url, paths=list(PATHS))
         return self
 
     def stop(self) -> None:
