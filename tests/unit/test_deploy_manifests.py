@@ -90,10 +90,13 @@ def test_the_service_monitor_scrapes_the_workers_metrics() -> None:
     found = resources()
     monitor, service = found["ServiceMonitor"], found["Service"]
     pod_labels = found["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= {
-        **service["metadata"].get("labels", {}),
-        **kustomization()["labels"][0]["pairs"],
-    }.items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items()
+        <= {
+            **service["metadata"].get("labels", {}),
+            **kustomization()["labels"][0]["pairs"],
+        }.items()
+    )
     assert service["spec"]["selector"].items() <= pod_labels.items()
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"

@@ -57,8 +57,7 @@ def test_readiness_fails_past_the_freshness_bound_and_names_the_index() -> None:
     ready = health.readiness()
     assert not ready.ready
     assert ready.reasons == [
-        "index 'posts': its oldest change not yet searchable is 12s old "
-        "(INDEXSYNC_READY_MAX_LAG=5)"
+        "index 'posts': its oldest change not yet searchable is 12s old (INDEXSYNC_READY_MAX_LAG=5)"
     ]
 
 
