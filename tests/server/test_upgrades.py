@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # What releases before numbered migrations left in a database: migration 1's objects, no
 # schema version, no binding state, no SQLSTATE on dead letters.
 DOWNGRADE_TO_UNVERSIONED = """
+DROP FUNCTION indexsync.wait_for_search(text, interval);
+DROP FUNCTION indexsync.wait_key(text);
+DROP FUNCTION indexsync.lead_key(text);
+DROP FUNCTION indexsync.generation_key(text, bigint);
+DROP TABLE indexsync.searchable;
+ALTER TABLE indexsync.outbox DROP COLUMN origin;
+ALTER TABLE indexsync.dead_letters DROP COLUMN first_change, DROP COLUMN last_change;
 DROP TABLE indexsync.bindings;
 DROP TABLE indexsync.workers;
 ALTER TABLE indexsync.rebuilds DROP COLUMN floor;
