@@ -26,7 +26,14 @@ from indexsync.store import Store
 
 log = get_logger(__name__)
 
+# Ids per page at most; a slow rate takes smaller pages, about ten a second, so that the
+# queue fills evenly rather than in bursts.
 _PAGE = 1000
+
+
+def page_size(rate: float) -> int:
+    """Ids per page at `rate` ids a second."""
+    return max(1, min(_PAGE, int(rate / 10)))
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,11 @@ class Pacer:
 
 
 def _pages_of_rows(
-    store: Store, binding: Binding, where: str | None, after: str | None
+    store: Store, binding: Binding, where: str | None, after: str | None, size: int
 ) -> Iterator[list[str]]:
     while True:
         try:
-            page = store.key_page(binding, after, _PAGE, where)
+            page = store.key_page(binding, after, size, where)
         except QueryFailed as exc:
             if where is None:
                 raise
@@ -106,14 +113,15 @@ def resync(
     """Queue the chosen documents of `binding`'s index, `rate` a second at most."""
     started = time.monotonic()
     pages: Iterable[list[str]]
+    size = page_size(rate)
     if ids is not None:
         chosen = list(ids)
         total: int | None = len(chosen)
-        pages = [chosen[i : i + _PAGE] for i in range(0, len(chosen), _PAGE)]
+        pages = [chosen[i : i + size] for i in range(0, len(chosen), size)]
     else:
         whole = where is None and after is None
         total = store.count_documents(binding) if whole else None
-        pages = _pages_of_rows(store, binding, where, after)
+        pages = _pages_of_rows(store, binding, where, after, size)
     progress = Progress(binding.alias, total, 0, stream, event="resync.progress", unit="docs")
     pacer = Pacer(rate)
     queued = 0
