@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from bench.console import say
 from bench.latency import _percentile
 from bench.procs import Worker
 from bench.workload import INSERT_ONE, Workspace
-from bench.writes import Pgbench
+from bench.writes import Pgbench, tps_ratio
 
 WAIT_METHOD = (
     "The latency phase's write load (single-row INSERTs, each its own autocommit "
@@ -164,11 +163,7 @@ def measure_waiters_cost(ws: Workspace, cfg: BenchConfig, worker: Worker) -> dic
             f"{trues[-1]} true)"
         )
     return {
-        "tps_without": statistics.median(without),
-        "tps_with": statistics.median(with_),
-        "ratio": statistics.median(with_) / statistics.median(without),
-        "rounds_without": [round(t) for t in without],
-        "rounds_with": [round(t) for t in with_],
+        **tps_ratio(without, with_),
         "waits_answered_per_round": calls,
         "waits_true_per_round": trues,
         "waiters": _WAITERS,

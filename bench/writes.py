@@ -139,6 +139,11 @@ def _rounds(
         with_.append(bench.run(scripts[table]))
         ws.sql(_EMPTY_LOGS)
         say(f"  round {n + 1}/{rounds}: without {without[-1]:,.0f} tps, with {with_[-1]:,.0f} tps")
+    return tps_ratio(without, with_)
+
+
+def tps_ratio(without: list[float], with_: list[float]) -> dict[str, Any]:
+    """The medians of alternating rounds without and with something, and their ratio."""
     return {
         "tps_without": statistics.median(without),
         "tps_with": statistics.median(with_),
