@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from indexsync.metrics import Metrics
 from indexsync.status import IndexStatus
 
