@@ -1,4 +1,5 @@
-"""The status gauges follow the status rows: paused indexes and refreshes come and go."""
+"""Metrics: the status gauges follow the status rows (paused indexes and refreshes come and
+go), and the freshness histogram counts each change once, in its bucket."""
 
 from __future__ import annotations
 
