@@ -86,7 +86,6 @@ class Waker:
         # The indexes this worker may lead: those it syncs now (bound and not paused).
         self.indexes = indexes
         self.interval = settings.wait_refresh_interval
-        self.rounds = 0
         self._leading = Leadership()
         self._store: Store | None = None
         self._stop = threading.Event()
@@ -229,7 +228,6 @@ class Waker:
             self._leading.published[index] = horizon
             with self._lock:
                 self._refreshed_at[index] = refreshed_at
-        self.rounds += 1
 
     # --- the freshness bound ----------------------------------------------------------------
 
