@@ -61,7 +61,8 @@ def _load_bodies(ws: Workspace, index: str, per_request: int) -> tuple[list[byte
             docs = store.fetch_documents(binding, [doc_id for doc_id, _ in chunk])
             # Same Op as the worker's: external_gte version, require_alias, source untouched.
             ops.extend(
-                Op(ws.alias, index, doc_id, int(seq), docs[doc_id], True) for doc_id, seq in chunk
+                Op(ws.alias, index, doc_id, int(seq), docs[doc_id].source, True)
+                for doc_id, seq in chunk
             )
     bodies = [
         b"".join(op.encode() for op in ops[start : start + per_request])

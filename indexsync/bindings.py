@@ -71,6 +71,11 @@ class IndexSpec(BaseModel):
     # them (nor the key) is then not captured; without it every UPDATE is.
     root_columns: list[str] | None = None
     depends: list[DependSpec] = Field(default_factory=list)
+    # Every write and delete of the index carries this routing value: a column of the root
+    # table, or an SQL expression over its columns (`tenant_id`, `lower(region)`).
+    routing: str | None = None
+    # Index writes go through this ingest pipeline (one that computes embeddings, say).
+    pipeline: str | None = None
 
     @model_validator(mode="after")
     def _query_or_columns(self) -> IndexSpec:
@@ -93,7 +98,7 @@ class IndexSpec(BaseModel):
                 raise ValueError("names a column twice")
         return value
 
-    @field_validator("where")
+    @field_validator("where", "routing", "pipeline")
     @classmethod
     def _where_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -249,6 +254,10 @@ class Binding:
     # not declare its root columns); () any that changes the row at all; otherwise one that
     # changes one of these columns (the key, the listed columns and those `where` reads).
     watch: tuple[str, ...] | None = None
+    # The routing of every write and delete: an SQL expression over the root table's columns.
+    routing: str | None = None
+    # The ingest pipeline index writes go through.
+    pipeline: str | None = None
 
     def dependency(self, source: str) -> Dependency | None:
         """The dependency whose outbox rows carry `source`."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from indexsync.rows import Document
 
 
 @dataclass(slots=True)
@@ -17,6 +19,10 @@ class Op:
     version: int
     source: str | None
     require_alias: bool = False
+    # The binding's routing of this document (for a delete: where the copy to delete is).
+    routing: str | None = None
+    # The ingest pipeline an index write goes through.
+    pipeline: str | None = None
 
     def encode(self) -> bytes:
         """The NDJSON lines of this item; the source passes through untouched."""
@@ -24,10 +30,14 @@ class Op:
             f'"_index":{json.dumps(self.index)},"_id":{json.dumps(self.doc_id)},'
             f'"version":{self.version},"version_type":"external_gte"'
         )
+        if self.routing is not None:
+            meta += f',"routing":{json.dumps(self.routing)}'
         if self.source is None:
             return f'{{"delete":{{{meta}}}}}\n'.encode()
         if self.require_alias:
             meta += ',"require_alias":true'
+        if self.pipeline is not None:
+            meta += f',"pipeline":{json.dumps(self.pipeline)}'
         return f'{{"index":{{{meta}}}}}\n{self.source}\n'.encode()
 
 
@@ -35,16 +45,29 @@ def build_ops(
     alias: str,
     targets: Sequence[tuple[str, bool]],
     ids: Iterable[str],
-    documents: dict[str, str],
+    documents: Mapping[str, Document],
     version: int,
+    *,
+    elsewhere: Mapping[str, Iterable[str]] | None = None,
+    pipeline: str | None = None,
 ) -> list[Op]:
-    """Bulk items for every changed id of an index, for every target (alias, rebuild)."""
-    ids = sorted(ids)
-    return [
-        Op(alias, target, doc_id, version, documents.get(doc_id), is_alias)
-        for target, is_alias in targets
-        for doc_id in ids
-    ]
+    """Bulk items for every changed id of an index, for every target (alias, rebuild).
+
+    A routed document is written at its routing, and deleted wherever else it may be
+    (`elsewhere`: the routings it had before this batch's changes moved or deleted it).
+    """
+    ops = []
+    for doc_id in sorted(ids):
+        doc = documents.get(doc_id)
+        here = doc.routing if doc is not None else None
+        for target, is_alias in targets:
+            if doc is not None or not elsewhere or not elsewhere.get(doc_id):
+                source = doc.source if doc is not None else None
+                ops.append(Op(alias, target, doc_id, version, source, is_alias, here, pipeline))
+            for old in sorted(set((elsewhere or {}).get(doc_id, ())) - {here}):
+                # Moved to another routing, or deleted: its copy at the old one goes.
+                ops.append(Op(alias, target, doc_id, version, None, is_alias, old))
+    return ops
 
 
 def chunk_bodies(

@@ -41,17 +41,19 @@ def _slug(name: str) -> str:
 # row written (`make bench-capture` compares the two).
 # Ids are compared as text in the "C" collation: two ids are the same document exactly
 # when their text is the same, whatever the key column's collation says.
-_FUNCTION_BODY: LiteralString = """
+_FUNCTION_BODY: LiteralString = """{conflict}
 -- indexsync capture, format 4 (security definer, qualified names, notes the write)
 DECLARE
     new_id pg_catalog.text;
     old_id pg_catalog.text;
     old_row pg_catalog.jsonb;
     new_row pg_catalog.jsonb;
+    old_routing pg_catalog.text;
+    new_routing pg_catalog.text;
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN{note}
         {on_truncate}
-    ELSE{unchanged}{note}
+    ELSE{unchanged}{note}{routings}
         IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
             new_id := {new_id};
             IF new_id IS NOT NULL THEN
@@ -62,15 +64,31 @@ BEGIN
         IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
             old_id := {old_id};
             IF old_id IS NOT NULL AND (new_id IS NULL
-                    OR old_id COLLATE pg_catalog."C" OPERATOR(pg_catalog.<>) new_id) THEN
-                INSERT INTO indexsync.outbox (index_name, doc_id, kind, source)
-                VALUES ({alias}, old_id, {kind}, {source});
+                    OR old_id COLLATE pg_catalog."C" OPERATOR(pg_catalog.<>) new_id{moved}) THEN
+                INSERT INTO indexsync.outbox (index_name, doc_id, kind, source, routing)
+                VALUES ({alias}, old_id, {kind}, {source}, old_routing);
             END IF;
         END IF;
     END IF;{notify}
     RETURN NULL;
 END
 """
+
+# A routed index (the binding's `routing`): the routing of the row before and after, so that
+# a change that moves a document to another routing, or deletes it, records where its copy
+# was. The expression is the user's, over the row's columns: it runs with the search path
+# pinned (see trigger_ddl), and `use_column` makes a column named like a variable the column.
+_ROUTED_CONFLICT: LiteralString = "\n#variable_conflict use_column"
+_ROUTINGS: LiteralString = """
+        IF TG_OP OPERATOR(pg_catalog.<>) 'INSERT' THEN
+            old_routing := (SELECT ({routing})::pg_catalog.text
+                            FROM (SELECT OLD.*) AS indexsync_row);
+        END IF;
+        IF TG_OP OPERATOR(pg_catalog.<>) 'DELETE' THEN
+            new_routing := (SELECT ({routing})::pg_catalog.text
+                            FROM (SELECT NEW.*) AS indexsync_row);
+        END IF;"""
+_MOVED: LiteralString = "\n                    OR old_routing IS DISTINCT FROM new_routing"
 
 # An UPDATE that changed nothing the index reads records nothing. `*=` compares the rows'
 # binary images, which works for every type (json has no `=`) and names no column. Watched
@@ -167,6 +185,8 @@ class Capture:
     # Which UPDATEs are worth recording (Binding.watch): None every one, () those that change
     # the row, otherwise those that change one of these columns.
     changes: tuple[str, ...] | None = None
+    # The root table's routing expression of a routed index (None: not routed).
+    routing: str | None = None
 
     def per_statement(self, mode: str) -> bool:
         """Whether this capture uses statement-level triggers under `mode`.
@@ -174,7 +194,8 @@ class Capture:
         Transition tables cannot go with `UPDATE OF` column lists, so a dependency that
         watches columns keeps row-level triggers.
         """
-        return mode == CAPTURE_STATEMENT and self.watch is None
+        # A routed capture compares each row's routing before and after: row by row.
+        return mode == CAPTURE_STATEMENT and self.watch is None and self.routing is None
 
     @property
     def function(self) -> str:
@@ -195,6 +216,7 @@ def captures(binding: Binding) -> list[Capture]:
             None,
             None,
             binding.watch,
+            binding.routing,
         )
     ]
     for dep in binding.depends:
@@ -265,11 +287,17 @@ def function_body(
 
         columns = sql.SQL(_UNCHANGED_COLUMNS).format(old=values("old_row"), new=values("new_row"))
         unchanged = sql.Composed([unchanged, columns])
+    routed = capture.routing is not None
     return sql.SQL(_FUNCTION_BODY).format(
         **common,
         unchanged=unchanged,
         notify=sql.SQL(_NOTIFY if notify else ""),
         note=sql.SQL(_NOTE_WRITE),
+        conflict=sql.SQL(_ROUTED_CONFLICT if routed else ""),
+        routings=sql.SQL(_ROUTINGS).format(routing=sql.SQL(capture.routing or ""))
+        if routed
+        else sql.SQL(""),
+        moved=sql.SQL(_MOVED if routed else ""),
     )
 
 
@@ -310,6 +338,13 @@ def trigger_ddl(
                 sql.SQL(" SET {} = {}").format(sql.SQL(name), sql.Literal(value))
                 for name, value in PINNED_SETTINGS.items()
             )
+        if capture.routing is not None:
+            # The routing expression is the user's: a caller's search path must not steer it.
+            pinned = sql.Composed(
+                [pinned, sql.SQL(" SET search_path = pg_catalog, {}").format(
+                    sql.Identifier(capture.schema)
+                )]
+            )  # fmt: skip
         create_function = sql.SQL(
             # SECURITY DEFINER: roles that write the tables need no rights on the indexsync
             # schema. The body names everything with its schema (see _FUNCTION_BODY).

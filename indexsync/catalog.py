@@ -168,9 +168,13 @@ def _resolve_one(
         where=spec.where,
         query=spec.query,
         depends=tuple(depends),
+        routing=spec.routing,
+        pipeline=spec.pipeline,
     )
     if spec.where is not None:
         _check_where(store, binding, here)
+    if spec.routing is not None:
+        _check_routing(store, binding, here)
     if spec.query is not None:
         _check_query(store, binding, here)
     if spec.root_columns is not None:
@@ -195,11 +199,14 @@ def _watched(
     if read is None:
         return ()
     found = [*binding.key.columns, *read]
-    if binding.where is not None:
-        in_where = _where_columns(store, binding, root)
-        if in_where is None:
+    for expression in (binding.where, binding.routing):
+        if expression is None:
+            continue
+        # A change of what the condition or the routing reads moves or drops a document.
+        in_it = _expression_columns(store, binding, root, expression)
+        if in_it is None:
             return ()
-        found += in_where
+        found += in_it
     return tuple(root.watchable(found))
 
 
@@ -208,14 +215,18 @@ def _quoted_forms(name: str) -> set[str]:
     return {name, '"' + name.replace('"', '""') + '"'}
 
 
-def _where_columns(store: Store, binding: Binding, root: _Table) -> list[str] | None:
-    """The root columns `where` reads, from PostgreSQL's own plan of it; None when unsure.
+def _expression_columns(
+    store: Store, binding: Binding, root: _Table, expression: str
+) -> list[str] | None:
+    """The root columns an expression (`where`, `routing`) reads, from PostgreSQL's own plan
+    of it; None when unsure.
 
     Unsure means a whole-row reference (a function given the row) or a plan that cannot be
     read: the capture then compares whole rows, which never misses a change.
     """
-    assert binding.where is not None
-    query = sql.SQL("SELECT FROM {} WHERE ({})").format(binding.table_ident, sql.SQL(binding.where))
+    query = sql.SQL("SELECT ({})::pg_catalog.text FROM {}").format(
+        sql.SQL(expression), binding.table_ident
+    )
     try:
         plan = store.plan_text(query)
     except QueryFailed:
@@ -269,6 +280,17 @@ def _check_depend_sql(store: Store, dep: Dependency, width: int, where: str) -> 
             f"{where}: it must yield exactly {width} column(s), the document's key"
             + (" (one per key column, in key order)" if width > 1 else " (the document id)")
         )
+
+
+def _check_routing(store: Store, binding: Binding, where: str) -> None:
+    assert binding.routing is not None
+    query = sql.SQL("EXPLAIN SELECT ({})::pg_catalog.text FROM {}").format(
+        sql.SQL(binding.routing), binding.table_ident
+    )
+    try:
+        store.probe_plain(query)
+    except QueryFailed as exc:
+        raise ConfigError(f"{where} key 'routing': invalid expression: {exc.detail}") from None
 
 
 def _check_where(store: Store, binding: Binding, where: str) -> None:

@@ -21,6 +21,8 @@ class IndexWork:
     first: int | None = None
     last: int | None = None
     by_doc: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Routed documents' routings before a change moved or deleted them: copies to delete.
+    moved: dict[str, set[str]] = field(default_factory=dict)
 
     def span(self, doc_id: str) -> tuple[int, int]:
         """The origins of the changes that may stand behind one document of this batch."""
@@ -47,6 +49,8 @@ def plan(changes: Iterable[Change]) -> dict[str, IndexWork]:
             item.keys.setdefault(change.source, set()).add(change.doc_id)
         else:
             item.ids.add(change.doc_id)
+            if change.routing is not None:
+                item.moved.setdefault(change.doc_id, set()).add(change.routing)
             low, high = item.by_doc.get(change.doc_id, (origin, origin))
             item.by_doc[change.doc_id] = (min(low, origin), max(high, origin))
     return work

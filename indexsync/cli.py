@@ -520,12 +520,14 @@ def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 def _print_drift(entry: dict[str, Any]) -> None:
     name = entry["index"]
     counts = f"{entry['rows']} rows, {entry['documents']} documents"
-    if not (entry["missing"] or entry["extra"] or entry["differing"]):
+    if not (entry["missing"] or entry["extra"] or entry["differing"] or entry["misplaced"]):
         print(f"{name}: in sync ({counts})")
         return
+    # Misplaced copies exist only in routed indexes: said only when there are some.
+    misplaced = f", {entry['misplaced']} misplaced" if entry["misplaced"] else ""
     print(
         f"{name}: DRIFT ({counts}): {entry['missing']} missing, {entry['extra']} extra, "
-        f"{entry['differing']} differing"
+        f"{entry['differing']} differing{misplaced}"
     )
     if entry.get("unreadable"):
         print(
@@ -536,7 +538,7 @@ def _print_drift(entry: dict[str, Any]) -> None:
             print(f"  {kind}: {', '.join(ids)}")
     if "after_repair" in entry:
         after = entry["after_repair"]
-        left = after["missing"] + after["extra"] + after["differing"]
+        left = after["missing"] + after["extra"] + after["differing"] + after["misplaced"]
         print(f"  repaired {entry['queued_for_repair']} document(s); {left} still differ")
 
 

@@ -53,8 +53,19 @@ def source_query(binding: Binding) -> sql.Composable:
             sql.SQL("{}.{} AS {}").format(table, sql.Identifier(col), slot)
             for col, slot in zip(key.columns, key.slots(), strict=True)
         )
-        return sql.SQL("SELECT {slots}, {doc} AS _doc FROM {table} WHERE true{f}").format(
-            slots=slots, table=table, doc=document_expr(binding, table), f=_filters(binding)
+        routing = (
+            sql.SQL("({})::pg_catalog.text").format(user_sql(binding.routing))
+            if binding.routing is not None
+            else sql.SQL("NULL::pg_catalog.text")
+        )
+        return sql.SQL(
+            "SELECT {slots}, {doc} AS _doc, {routing} AS _routing FROM {table} WHERE true{f}"
+        ).format(
+            slots=slots,
+            table=table,
+            doc=document_expr(binding, table),
+            routing=routing,
+            f=_filters(binding),
         )
     yielded = query_key_columns(binding)
     # `where` is about the root table, whatever the query joins.
@@ -74,9 +85,22 @@ def source_query(binding: Binding) -> sql.Composable:
         sql.SQL("q.{} AS {}").format(sql.Identifier(out), slot)
         for out, slot in zip(yielded, key.slots(), strict=True)
     )
-    return sql.SQL("SELECT {slots}, q.doc AS _doc FROM ({query}) AS q WHERE true{f}").format(
-        slots=slots, query=user_sql(binding.query), f=root_filter
+    # The routing is an expression over the root table's row of the document.
+    routing = (
+        sql.SQL("(SELECT ({r})::pg_catalog.text FROM {table} WHERE {match})").format(
+            r=user_sql(binding.routing),
+            table=table,
+            match=sql.SQL(" AND ").join(
+                sql.SQL("{}.{} = q.{}").format(table, sql.Identifier(col), sql.Identifier(out))
+                for col, out in zip(key.columns, yielded, strict=True)
+            ),
+        )
+        if binding.routing is not None
+        else sql.SQL("NULL::pg_catalog.text")
     )
+    return sql.SQL(
+        "SELECT {slots}, q.doc AS _doc, {routing} AS _routing FROM ({query}) AS q WHERE true{f}"
+    ).format(slots=slots, query=user_sql(binding.query), routing=routing, f=root_filter)
 
 
 _S = sql.Identifier("s")
@@ -86,8 +110,8 @@ def fetch_by_ids_query(binding: Binding) -> sql.Composed:
     """Re-read the documents of the given ids; a missing id means delete."""
     # PostgreSQL flattens the subquery, so the id filter reaches the root table's key index.
     return sql.SQL(
-        "SELECT {id} AS doc_id, s._doc::pg_catalog.text AS source FROM ({source}) AS s "
-        "WHERE {match}"
+        "SELECT {id} AS doc_id, s._doc::pg_catalog.text AS source, s._routing AS routing "
+        "FROM ({source}) AS s WHERE {match}"
     ).format(
         id=binding.key.id_of_slots(_S),
         source=source_query(binding),
@@ -103,8 +127,8 @@ def scan_query(binding: Binding, *, resume: bool) -> sql.Composed:
         else sql.SQL("")
     )
     return sql.SQL(
-        "SELECT {id} AS doc_id, s._doc::pg_catalog.text AS source FROM ({source}) AS s {after} "
-        "ORDER BY {order} LIMIT %(limit)s"
+        "SELECT {id} AS doc_id, s._doc::pg_catalog.text AS source, s._routing AS routing "
+        "FROM ({source}) AS s {after} ORDER BY {order} LIMIT %(limit)s"
     ).format(
         id=binding.key.id_of_slots(_S),
         source=source_query(binding),

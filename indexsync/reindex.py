@@ -270,7 +270,13 @@ class Reindexer:
                 docs = page.docs
                 if floor is not None and docs:
                     docs = self._not_written_since(target, floor, docs)
-                ops = [Op(binding.alias, target, d.doc_id, watermark, d.source) for d in docs]
+                ops = [
+                    Op(
+                        binding.alias, target, d.doc_id, watermark, d.source,
+                        routing=d.routing, pipeline=binding.pipeline,
+                    )
+                    for d in docs
+                ]  # fmt: skip
                 last_key = page.last_key
                 future = sender.submit(self._paced_write, ops)
                 in_flight.append((future, last_key, len(page.docs) + len(page.failures)))
@@ -283,7 +289,9 @@ class Reindexer:
         outbox too. Rewriting it (a large import reaches the outbox as well as the scan)
         would only double the load on the search server while live changes wait.
         """
-        written = self.search.versions(index, [d.doc_id for d in docs])
+        written = self.search.versions(
+            index, [d.doc_id for d in docs], {d.doc_id: d.routing for d in docs}
+        )
         todo = [d for d in docs if written.get(d.doc_id, 0) < floor]
         with self._skipped_lock:
             self._skipped += len(docs) - len(todo)
@@ -344,7 +352,11 @@ class Reindexer:
         deleted = 0
         for hit in self.search.scan(index, source=False):
             if int(hit.get("_version", 0)) < watermark:
-                batch.append(Op(alias, index, hit["_id"], watermark, None))
+                # At the routing it was found under: a routed document moved since the last
+                # rebuild leaves its old copy here, below the watermark too.
+                batch.append(
+                    Op(alias, index, hit["_id"], watermark, None, routing=hit.get("_routing"))
+                )
             if len(batch) >= self.chunk_size:
                 self.writer.write(batch, time.monotonic())
                 deleted += len(batch)

@@ -53,7 +53,7 @@ class BindingBroken(IndexsyncError):
 class Reread:
     """The documents that could be read, and the rows that could not."""
 
-    docs: dict[str, str] = field(default_factory=dict)
+    docs: dict[str, Document] = field(default_factory=dict)
     failures: list[RowFailure] = field(default_factory=list)
 
 
@@ -149,7 +149,7 @@ def scan_page(store: Store, binding: Binding, after: str | None, size: int) -> P
         if not ids:
             return None
         found = read(store, binding, ids)
-        built = [Document(i, found.docs[i]) for i in ids if i in found.docs]
+        built = [found.docs[i] for i in ids if i in found.docs]
         return Page(built, found.failures, ids[-1])
     if not docs:
         return None

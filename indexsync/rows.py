@@ -25,6 +25,9 @@ class Change:
     # The seq the change was first recorded with (a re-queued change keeps it), and when.
     origin: int = 0
     created_at: datetime | None = None
+    # A routed document's routing before this change, when the change moved it elsewhere
+    # or deleted it: its copy there is deleted.
+    routing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,3 +228,5 @@ class Document:
 
     doc_id: str
     source: str
+    # Where the document lives (the binding's `routing`), None without one.
+    routing: str | None = None

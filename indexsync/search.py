@@ -143,6 +143,17 @@ def _path(*parts: str) -> str:
     return "/" + "/".join(quote(part, safe=",*") for part in parts)
 
 
+def _mget_body(ids: list[str], routings: Mapping[str, str | None] | None) -> dict[str, Any]:
+    # A routed document is only found on the shard its routing names.
+    if not routings or not any(routings.values()):
+        return {"ids": ids}
+    docs = []
+    for doc_id in ids:
+        routing = routings.get(doc_id)
+        docs.append({"_id": doc_id, "routing": routing} if routing is not None else {"_id": doc_id})
+    return {"docs": docs}
+
+
 class Search:
     """The operations indexsync needs from the search server."""
 
@@ -268,19 +279,41 @@ class Search:
         meta = {**self.get_meta(index), **values}
         self._call("PUT", _path(index, "_mapping"), body={"_meta": meta})
 
-    def mget(self, index: str, ids: list[str]) -> dict[str, tuple[int, dict[str, Any]]]:
-        """Version and source of each id found (realtime, no refresh needed)."""
-        response = self._call("POST", _path(index, "_mget"), body={"ids": ids})
+    def mget(
+        self, index: str, ids: list[str], routings: Mapping[str, str | None] | None = None
+    ) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Version and source of each id found (realtime, no refresh needed), each looked
+        for at its routing when `routings` names one."""
+        response = self._call("POST", _path(index, "_mget"), body=_mget_body(ids, routings))
         return {
             doc["_id"]: (int(doc["_version"]), doc["_source"])
             for doc in response["docs"]
             if doc.get("found")
         }
 
-    def versions(self, index: str, ids: list[str]) -> dict[str, int]:
+    def routings(self, index: str, ids: list[str]) -> dict[str, set[str]]:
+        """The routings under which documents of these ids are found (as of the last
+        refresh: a search, since a realtime get needs the routing it is looking for)."""
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            body = {"query": {"ids": {"values": chunk}}, "_source": False, "size": 10 * len(chunk)}
+            response = self._call("POST", _path(index, "_search"), body=body)
+            for hit in response["hits"]["hits"]:
+                routing = hit.get("_routing")
+                if routing is not None:
+                    found.setdefault(hit["_id"], set()).add(str(routing))
+        return found
+
+    def versions(
+        self, index: str, ids: list[str], routings: Mapping[str, str | None] | None = None
+    ) -> dict[str, int]:
         """The version of each id found, without its source (realtime, no refresh needed)."""
         response = self._call(
-            "POST", _path(index, "_mget"), body={"ids": ids}, params={"_source": "false"}
+            "POST",
+            _path(index, "_mget"),
+            body=_mget_body(ids, routings),
+            params={"_source": "false"},
         )
         return {doc["_id"]: int(doc["_version"]) for doc in response["docs"] if doc.get("found")}
 

@@ -357,10 +357,13 @@ class Store:
 
     # --- documents -----------------------------------------------------------------------
 
-    def fetch_documents(self, binding: Binding, ids: Sequence[str]) -> dict[str, str]:
-        """The JSON text of each id's document, as PostgreSQL wrote it (absent: delete)."""
-        rows = self._tuples(documents.fetch_by_ids_query(binding), {"ids": list(ids)}, prepare=True)
-        return {doc_id: doc for doc_id, doc in rows}
+    def fetch_documents(self, binding: Binding, ids: Sequence[str]) -> dict[str, Document]:
+        """Each id's document (its JSON text as PostgreSQL wrote it, and its routing);
+        an id that is absent has no row: its document is deleted."""
+        rows = self._rows(
+            documents.fetch_by_ids_query(binding), {"ids": list(ids)}, Document, prepare=True
+        )
+        return {row.doc_id: row for row in rows}
 
     def scan_page(self, binding: Binding, after: str | None, limit: int) -> list[Document]:
         """One keyset page of documents in key order."""
@@ -475,6 +478,7 @@ class Store:
                     "kinds": [c.kind for c in changes],
                     "sources": [c.source for c in changes],
                     "origins": [c.origin or None for c in changes],
+                    "routings": [c.routing for c in changes],
                 },
             )
 
@@ -483,16 +487,28 @@ class Store:
         if ids:
             self._named("enqueue_ids", {"index": index, "ids": list(ids)})
 
-    def requeue(self, items: Mapping[tuple[str, str], int]) -> None:
-        """Queue (index, id) pairs again (items refused for too long, or by a blocked index),
-        each with the origin of the oldest change behind it."""
+    def enqueue_moved(self, index: str, copies: Sequence[tuple[str, str]]) -> None:
+        """Queue copies of routed documents under a routing they no longer have, as
+        (id, routing): the worker deletes each there, and writes the document where it
+        belongs."""
+        if copies:
+            self._named(
+                "enqueue_moved",
+                {"index": index, "ids": [c[0] for c in copies], "routings": [c[1] for c in copies]},
+            )
+
+    def requeue(self, items: Mapping[tuple[str, str, str | None], int]) -> None:
+        """Queue (index, id, routing) items again (refused for too long, or by a blocked
+        index), each with the origin of the oldest change behind it; a routing is that of
+        a copy to delete."""
         if items:
-            keys = sorted(items)
+            keys = sorted(items, key=lambda k: (k[0], k[1], k[2] or ""))
             self._named(
                 "requeue_documents",
                 {
                     "indexes": [k[0] for k in keys],
                     "ids": [k[1] for k in keys],
+                    "routings": [k[2] for k in keys],
                     "origins": [items[k] or None for k in keys],
                 },
             )

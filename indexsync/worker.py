@@ -725,7 +725,10 @@ class Worker:
             # Each keeps the origin of its oldest change, for the waiters of that change.
             store.requeue(
                 {
-                    (op.alias, op.doc_id): work[op.alias].span(op.doc_id)[0]
+                    # A delete of a routed copy keeps the routing it must be deleted under.
+                    (op.alias, op.doc_id, op.routing if op.source is None else None): work[
+                        op.alias
+                    ].span(op.doc_id)[0]
                     for op in (*written.deferred, *written.blocked)
                 }
             )
@@ -836,7 +839,23 @@ class Worker:
         # No item for these ids: their documents stay as they were until the rows can be read.
         ids.difference_update(failure.doc_id for failure in result.failures)
         unbuilt.extend(reread.dead_letters(alias, version, result.failures, "batch.row_unreadable"))
-        return build_ops(alias, targets, ids, result.docs, version)
+        elsewhere: dict[str, set[str]] = {k: set(v) for k, v in work.moved.items()}
+        if binding.routing is not None:
+            # A routed document whose row is gone, with no routing recorded by its change (a
+            # resync, a repair, a TRUNCATE): the index says where its copies are.
+            unknown = [i for i in ids if i not in result.docs and i not in elsewhere]
+            if unknown:
+                for doc_id, routings in self.search.routings(alias, unknown).items():
+                    elsewhere[doc_id] = routings
+        return build_ops(
+            alias,
+            targets,
+            ids,
+            result.docs,
+            version,
+            elsewhere=elsewhere,
+            pipeline=binding.pipeline,
+        )
 
     def _indexed_ids(self, alias: str, targets: list[tuple[str, bool]], version: int) -> set[str]:
         # After a TRUNCATE every indexed document is suspect. Re-reading them like any other

@@ -133,7 +133,8 @@ WHERE seq IN (
           SELECT index_name FROM indexsync.binding_state WHERE held_at IS NOT NULL))
     ORDER BY seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
-RETURNING seq, index_name, doc_id, kind, source, coalesce(origin, seq) AS origin, created_at;
+RETURNING seq, index_name, doc_id, kind, source, coalesce(origin, seq) AS origin, created_at,
+          routing;
 
 -- name: has_pending
 -- Whether the outbox holds a row of an index this worker syncs, claimed by another worker or not.
@@ -166,15 +167,21 @@ SELECT nextval('indexsync.change_seq') AS version,
 -- Claimed changes handed back as they were: kind and source matter (a dependent key, a
 -- TRUNCATE marker), and so does the origin (a waiter for the change must go on waiting);
 -- the seq does not (the version is drawn per batch).
-INSERT INTO indexsync.outbox (index_name, doc_id, kind, source, origin)
+INSERT INTO indexsync.outbox (index_name, doc_id, kind, source, origin, routing)
 SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(kinds)s::"char"[], %(sources)s::text[],
-                     %(origins)s::bigint[]);
+                     %(origins)s::bigint[], %(routings)s::text[]);
 
 -- name: requeue_documents
 -- Documents of a batch queued again (refused for too long, or by a blocked index), with the
 -- origin of the oldest change behind each.
-INSERT INTO indexsync.outbox (index_name, doc_id, origin)
-SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(origins)s::bigint[]);
+INSERT INTO indexsync.outbox (index_name, doc_id, routing, origin)
+SELECT * FROM unnest(%(indexes)s::text[], %(ids)s::text[], %(routings)s::text[],
+                     %(origins)s::bigint[]);
+
+-- name: enqueue_moved
+-- Copies of routed documents under a routing they no longer have (verify --repair).
+INSERT INTO indexsync.outbox (index_name, doc_id, routing)
+SELECT %(index)s, * FROM unnest(%(ids)s::text[], %(routings)s::text[]);
 
 -- name: enqueue_ids
 -- Queue documents of one index (a repair, a refresh, a dead letter retried).

@@ -195,3 +195,8 @@ ALTER TABLE indexsync.binding_state
     ADD COLUMN held_reason text,
     ADD COLUMN held_at timestamptz,
     ADD COLUMN held_by text;
+
+-- Routed indexes (a binding's `routing`): the capture trigger records, with a change that
+-- moves a document to another routing or deletes it, the routing it had; the worker deletes
+-- the copy there. NULL for every other change.
+ALTER TABLE indexsync.outbox ADD COLUMN routing text;
