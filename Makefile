@@ -45,7 +45,7 @@ ENGINE_SUITES := tests/server/test_contract.py tests/server/test_sync.py \
 	tests/server/test_ownership.py tests/server/test_health.py \
 	tests/server/test_engine_failures.py tests/server/test_engine_limits.py \
 	tests/server/test_read_your_writes.py tests/server/test_operator_kit.py \
-	tests/server/test_dashboard.py
+	tests/server/test_dashboard.py tests/server/test_routing.py
 test-engine: $(STAMP)
 	INDEXSYNC_TEST_ENGINE=opensearch $(BIN)/python -m pytest $(ENGINE_SUITES) $(PYTEST_ARGS)
 

@@ -23,12 +23,17 @@ class Op:
     routing: str | None = None
     # The ingest pipeline an index write goes through.
     pipeline: str | None = None
+    # A strictly newer version only ("external"): the delete of a moved document's old copy,
+    # which must never remove the write of the same batch (two routings may name one shard,
+    # where they are one document, and a retried delete may come after the write).
+    strict: bool = False
 
     def encode(self) -> bytes:
         """The NDJSON lines of this item; the source passes through untouched."""
+        kind = "external" if self.strict else "external_gte"
         meta = (
             f'"_index":{json.dumps(self.index)},"_id":{json.dumps(self.doc_id)},'
-            f'"version":{self.version},"version_type":"external_gte"'
+            f'"version":{self.version},"version_type":"{kind}"'
         )
         if self.routing is not None:
             meta += f',"routing":{json.dumps(self.routing)}'
@@ -61,12 +66,15 @@ def build_ops(
         doc = documents.get(doc_id)
         here = doc.routing if doc is not None else None
         for target, is_alias in targets:
+            # Moved to another routing, or deleted: its copy under the old one goes. Two
+            # routings may name the same shard, where they are one document: beside a write,
+            # the delete needs a strictly older copy, so it never removes the write.
+            for old in sorted(set((elsewhere or {}).get(doc_id, ())) - {here}):
+                moved = doc is not None
+                ops.append(Op(alias, target, doc_id, version, None, is_alias, old, strict=moved))
             if doc is not None or not elsewhere or not elsewhere.get(doc_id):
                 source = doc.source if doc is not None else None
                 ops.append(Op(alias, target, doc_id, version, source, is_alias, here, pipeline))
-            for old in sorted(set((elsewhere or {}).get(doc_id, ())) - {here}):
-                # Moved to another routing, or deleted: its copy at the old one goes.
-                ops.append(Op(alias, target, doc_id, version, None, is_alias, old))
     return ops
 
 

@@ -69,6 +69,8 @@ def check(
             )
     installed = _check_database(settings, spec, result)
     reachable = _check_search(search, list(spec.indexes), result)
+    if reachable and isinstance(search, Search):
+        _check_pipelines(search, spec, result)
     if installed is not None and reachable and isinstance(search, Search):
         _check_what_run_checks(settings, list(spec.indexes), search, result)
     else:
@@ -205,6 +207,27 @@ def _check_search(
         else:
             result.checked.append(f"alias {alias!r} -> {targets[0]}")
     return True
+
+
+def _check_pipelines(search: Search, spec: BindingsFile, result: CheckResult) -> None:
+    """Every ingest pipeline a binding names exists: writes through a missing one fail."""
+    for alias, index in spec.indexes.items():
+        if index.pipeline is None:
+            continue
+        try:
+            exists = search.pipeline_exists(index.pipeline)
+        except IndexsyncError as exc:
+            result.problems.append(
+                f"index {alias!r}: ingest pipeline {index.pipeline!r} cannot be looked up: {exc}"
+            )
+            continue
+        if exists:
+            result.checked.append(f"ingest pipeline {index.pipeline!r} of {alias!r} exists")
+        else:
+            result.problems.append(
+                f"index {alias!r}: ingest pipeline {index.pipeline!r} does not exist: create it "
+                f"(PUT _ingest/pipeline/{index.pipeline}) before the workers write through it"
+            )
 
 
 def _check_plan(store: Store, binding: Binding, result: CheckResult) -> None:

@@ -243,6 +243,13 @@ class Search:
         """Make recent writes visible to search."""
         self._call("POST", _path(name, "_refresh"))
 
+    def pipeline_exists(self, name: str) -> bool:
+        """Whether an ingest pipeline of this name exists."""
+        try:
+            return bool(self._call("GET", _path("_ingest", "pipeline", name)))
+        except IndexMissing:
+            return False
+
     def refresh_interval(self, name: str) -> str | None:
         """The index's `refresh_interval` as set, or the engine's default ("1s" when the
         answer names none)."""

@@ -148,3 +148,41 @@ def test_capture_functions_get_short_stable_names_for_any_alias() -> None:
     assert found[0].columns == ("tenant", "id") and found[1].columns == ("tenant", "post")
     again = capture.captures(binding(Key(("tenant", "id"), ("int", "int")), (dep,)))
     assert [c.function for c in again] == names
+
+
+def test_a_moved_document_is_deleted_strictly_under_its_old_routing_then_written() -> None:
+    from indexsync.bulk import build_ops
+    from indexsync.rows import Document
+
+    docs = {"7": Document("7", '{"t": "b"}', "b")}
+    ops = build_ops("posts", [("posts", True)], ["7", "8"], docs, 42, elsewhere={"7": {"a", "b"}})
+    lines = [json.loads(line) for op in ops for line in op.encode().splitlines()]
+    assert lines == [
+        # The old copy goes first, and only if strictly older: where "a" and "b" name one
+        # shard, they are one document, and this batch's write must win.
+        {"delete": {"_index": "posts", "_id": "7", "version": 42, "version_type": "external",
+                    "routing": "a"}},
+        {"index": {"_index": "posts", "_id": "7", "version": 42,
+                   "version_type": "external_gte", "routing": "b", "require_alias": True}},
+        {"t": "b"},
+        # No row and no routing known: a plain delete (an unrouted index).
+        {"delete": {"_index": "posts", "_id": "8", "version": 42,
+                    "version_type": "external_gte"}},
+    ]  # fmt: skip
+
+
+def test_a_deleted_routed_document_is_deleted_under_each_routing_it_had() -> None:
+    from indexsync.bulk import build_ops
+
+    ops = build_ops("posts", [("posts", True)], ["7"], {}, 42, elsewhere={"7": {"a"}})
+    assert [(op.source, op.routing, op.strict) for op in ops] == [(None, "a", False)]
+
+
+def test_writes_through_a_pipeline_name_it_and_deletes_do_not() -> None:
+    from indexsync.bulk import build_ops
+    from indexsync.rows import Document
+
+    docs = {"1": Document("1", "{}")}
+    ops = build_ops("posts", [("posts", True)], ["1", "2"], docs, 5, pipeline="embed")
+    assert json.loads(ops[0].encode().splitlines()[0])["index"]["pipeline"] == "embed"
+    assert "pipeline" not in json.loads(ops[1].encode())["delete"]

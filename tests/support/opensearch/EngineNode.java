@@ -27,7 +27,8 @@ public final class EngineNode extends Node {
         org.opensearch.index.mapper.MapperExtrasPlugin.class,
         org.opensearch.painless.PainlessPlugin.class,
         org.opensearch.join.ParentJoinPlugin.class,
-        org.opensearch.index.reindex.ReindexPlugin.class);
+        org.opensearch.index.reindex.ReindexPlugin.class,
+        org.opensearch.ingest.common.IngestCommonPlugin.class);
 
     private EngineNode(Environment environment, Collection<Class<? extends Plugin>> plugins) {
         super(environment, plugins, true);
