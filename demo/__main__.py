@@ -328,6 +328,20 @@ def main() -> int:
             if not (answer and answer[0]) or not found:
                 raise SystemExit("demo failed: the application did not read its own write")
 
+            say("Pause the index for maintenance: changes wait in the outbox, none is lost")
+            run("pause", "articles", "--reason", "demo maintenance")
+            with psycopg.connect(pg.url, autocommit=True) as conn:
+                conn.execute(INSERT, ("Written while paused", "waits", "app", ["paused"]))
+            run("status")
+            run("resume", "articles")
+            run("wait", "articles", "--timeout", "30")
+            if count(es) != rows(pg.url):
+                raise SystemExit("demo failed: the change made while paused was lost")
+
+            say("Resync a subset through the outbox: rewritten from the rows, rate-bounded")
+            run("resync", "articles", "--where", "id <= 50")
+            run("wait", "articles", "--timeout", "30")
+
             say("/metrics and /readyz of the worker")
             base = f"http://127.0.0.1:{metrics_port}"
             with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
