@@ -29,7 +29,7 @@ WAITERS_METHOD = (
     "cores falls behind pgbench's full speed, so many calls time out: each one still "
     "registers, sleeps on its lock and is woken); median TPS of each side."
 )
-_THREADS = 32
+_THREADS = 64
 _WAITERS = 100
 # The writes phase's clients.
 _CLIENTS = 8
