@@ -199,11 +199,12 @@ def _watched(
     if read is None:
         return ()
     found = [*binding.key.columns, *read]
-    for expression in (binding.where, binding.routing):
-        if expression is None:
-            continue
-        # A change of what the condition or the routing reads moves or drops a document.
-        in_it = _expression_columns(store, binding, root, expression)
+    conditions = [binding.where] if binding.where is not None else []
+    if binding.routing is not None:
+        conditions.append(f"(({binding.routing})::pg_catalog.text IS NOT NULL)")
+    for condition in conditions:
+        # A change of what the condition or the routing reads drops or moves a document.
+        in_it = _expression_columns(store, binding, root, condition)
         if in_it is None:
             return ()
         found += in_it
@@ -216,17 +217,16 @@ def _quoted_forms(name: str) -> set[str]:
 
 
 def _expression_columns(
-    store: Store, binding: Binding, root: _Table, expression: str
+    store: Store, binding: Binding, root: _Table, condition: str
 ) -> list[str] | None:
-    """The root columns an expression (`where`, `routing`) reads, from PostgreSQL's own plan
-    of it; None when unsure.
+    """The root columns a condition (`where`, or one made of `routing`) reads, from
+    PostgreSQL's own plan of it, where a filter names them with their table; None when
+    unsure.
 
     Unsure means a whole-row reference (a function given the row) or a plan that cannot be
     read: the capture then compares whole rows, which never misses a change.
     """
-    query = sql.SQL("SELECT ({})::pg_catalog.text FROM {}").format(
-        sql.SQL(expression), binding.table_ident
-    )
+    query = sql.SQL("SELECT FROM {} WHERE ({})").format(binding.table_ident, sql.SQL(condition))
     try:
         plan = store.plan_text(query)
     except QueryFailed:

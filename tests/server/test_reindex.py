@@ -262,7 +262,12 @@ def test_verify_finds_planted_drift_and_repair_fixes_exactly_that(posts: Env) ->
     assert code == 1
     (entry,) = report["indexes"]  # type: ignore[misc]
     assert (entry["missing"], entry["differing"], entry["extra"]) == (1, 1, 1)
-    assert entry["examples"] == {"missing": ["3"], "differing": ["4"], "extra": ["ghost"]}
+    assert entry["examples"] == {
+        "missing": ["3"],
+        "differing": ["4"],
+        "extra": ["ghost"],
+        "misplaced": [],  # only a routed index can have copies under a wrong routing
+    }
     text = posts.cli("verify")
     assert text.returncode == 1 and "DRIFT" in text.stdout and "missing: 3" in text.stdout
 

@@ -90,7 +90,9 @@ def test_a_binding_broken_at_run_time_stops_only_its_own_index_until_mended(env:
         reason = rows[env.alias("orders")]["paused_reason"]
         assert "archived" in reason and "does not exist" in reason
         assert rows[env.alias("notes")]["paused_reason"] is None
-        assert rows[env.alias("orders")]["backlog"] == 49
+        # The 49 inserts wait (and the first order too, when the refresh that the dropped
+        # column starts queued it before the binding paused).
+        assert rows[env.alias("orders")]["backlog"] in (49, 50)
         assert dead_letters(env) == []
         # Mended: the column comes back, and the index catches up with no manual step.
         env.sql("ALTER TABLE orders ADD COLUMN archived boolean NOT NULL DEFAULT false")

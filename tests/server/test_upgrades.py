@@ -24,7 +24,7 @@ DROP FUNCTION indexsync.wait_key(text);
 DROP FUNCTION indexsync.lead_key(text);
 DROP FUNCTION indexsync.generation_key(text, bigint);
 DROP TABLE indexsync.searchable;
-ALTER TABLE indexsync.outbox DROP COLUMN origin;
+ALTER TABLE indexsync.outbox DROP COLUMN origin, DROP COLUMN routing;
 ALTER TABLE indexsync.dead_letters DROP COLUMN first_change, DROP COLUMN last_change;
 DROP TABLE indexsync.bindings;
 DROP TABLE indexsync.workers;
