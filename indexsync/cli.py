@@ -320,15 +320,9 @@ def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     with Store.connect(settings, role="wait") as store:
         migrations.require_current(store)
-        installed = sorted(row.index_name for row in store.installed_bindings())
-        unknown = [alias for alias in args.alias if alias not in installed]
-        if unknown:
-            raise ConfigError(
-                f"no binding is installed for {', '.join(map(repr, unknown))}; installed: "
-                f"{', '.join(installed) or 'none'}"
-            )
+        every = installed.require(store, args.alias)
         late = []
-        for alias in args.alias or installed:
+        for alias in args.alias or every:
             left = max(deadline - time.monotonic(), 0.0)
             ok, said = store.wait_for_search(alias, left)
             if not ok:
@@ -338,7 +332,7 @@ def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"indexsync: index {alias!r} is not searchable: {why}", file=sys.stderr)
     if late:
         return 1
-    print(f"searchable: {', '.join(args.alias or installed) or 'no index is installed'}")
+    print(f"searchable: {', '.join(args.alias or every) or 'no index is installed'}")
     return 0
 
 
@@ -369,14 +363,10 @@ def cmd_resync(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("resync: give --where or --ids, not both")
     with Store.connect(settings, role="resync") as store:
         migrations.require_current(store)
+        installed.require(store, [args.alias])
         bindings, broken = resolve_installed(store, settings.config)
         if args.alias in broken:
             raise ConfigError(f"index {args.alias!r}: its binding is broken: {broken[args.alias]}")
-        if args.alias not in bindings:
-            raise ConfigError(
-                f"no binding is installed for index {args.alias!r}; installed: "
-                f"{', '.join(sorted(bindings)) or 'none'}"
-            )
         binding = bindings[args.alias]
         ids = None
         if args.ids is not None:

@@ -15,12 +15,27 @@ from pydantic import ValidationError
 
 from indexsync.bindings import Binding, IndexSpec
 from indexsync.catalog import resolve_each
+from indexsync.errors import ConfigError
 from indexsync.store import Store
 
 
 def spec_record(index: IndexSpec) -> dict[str, Any]:
     """A binding as it is stored: the validated `[indexes.<alias>]` table, as JSON."""
     return index.model_dump(mode="json", exclude_none=True)
+
+
+def require(store: Store, aliases: list[str]) -> list[str]:
+    """Every installed index, in order; a ConfigError naming any of `aliases` that no
+    installed binding has (a typo, or a binding `install` has not applied yet)."""
+    installed = sorted(row.index_name for row in store.installed_bindings())
+    unknown = [alias for alias in aliases if alias not in installed]
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise ConfigError(
+            f"no binding is installed for index {names}; installed: "
+            f"{', '.join(installed) or 'none'}"
+        )
+    return installed
 
 
 def read(store: Store) -> tuple[dict[str, IndexSpec], dict[str, str]]:

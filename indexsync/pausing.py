@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from indexsync import installed
 from indexsync.errors import ConfigError, PauseNotSettled
 from indexsync.logs import get_logger
 from indexsync.store import Store
@@ -33,18 +34,9 @@ class Paused:
     waited_seconds: float
 
 
-def _installed(store: Store, index: str) -> None:
-    installed = sorted(row.index_name for row in store.installed_bindings())
-    if index not in installed:
-        raise ConfigError(
-            f"no binding is installed for index {index!r}; installed: "
-            f"{', '.join(installed) or 'none'}"
-        )
-
-
 def pause(store: Store, index: str, reason: str, timeout: float = _SETTLE_TIMEOUT) -> Paused:
     """Pause `index` and wait until nothing writes to it any more."""
-    _installed(store, index)
+    installed.require(store, [index])
     started = time.monotonic()
     by = f"{getpass.getuser()}@{socket.gethostname()}"
     with store.transaction():
@@ -68,7 +60,7 @@ def pause(store: Store, index: str, reason: str, timeout: float = _SETTLE_TIMEOU
 
 def resume(store: Store, index: str) -> int:
     """Resume `index`; returns the changes queued meanwhile, which workers write now."""
-    _installed(store, index)
+    installed.require(store, [index])
     with store.transaction():
         was_paused = store.release(index)
     if not was_paused:

@@ -593,9 +593,12 @@ def test_documented_grants_are_enough_for_install_and_run(env: Env) -> None:
             conn.execute("DELETE FROM articles WHERE id = 2")
 
         worker = url("indexsync_worker")
+        result = env.cli("run", "--until-idle", INDEXSYNC_DATABASE_URL=worker)
+        assert result.returncode == 0, result.stderr
         with running(env, INDEXSYNC_DATABASE_URL=worker) as log:
             # The application waits for its own writes with no more than the documented grant.
             with psycopg.connect(url("app_writer"), autocommit=True) as conn:
+                conn.execute("UPDATE articles SET title = 'waited for' WHERE id = 1")
                 waited = conn.execute(
                     "SELECT indexsync.wait_for_search(%s, timeout => '20 s')", (alias,)
                 ).fetchone()
@@ -603,7 +606,7 @@ def test_documented_grants_are_enough_for_install_and_run(env: Env) -> None:
         assert "waker.failed" not in log[0]
         docs = env.docs("articles")
         assert sorted(docs) == ["1", "3", "5"]
-        assert docs["1"]["title"] == "edited" and docs["5"]["title"] == "by the app"
+        assert docs["1"]["title"] == "waited for" and docs["5"]["title"] == "by the app"
         for command in (["status"], ["verify"], ["deadletters"]):
             result = env.cli(*command, INDEXSYNC_DATABASE_URL=worker)
             assert result.returncode == 0, (command, result.stderr)
